@@ -1,0 +1,5 @@
+import sys
+
+from dfgan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""Compatibility check of a validated spec against the registries, run before any work.
+
+Each component is looked up in its registry (an unknown name lists the registered ones) and what a component
+requires (e.g. word embeddings) is checked against what the others provide. Errors name the spec field.
+"""
+
+from __future__ import annotations
+
+from dfgan.registry import (
+    BACKBONES,
+    DATASETS,
+    DISCRIMINATORS,
+    FUSIONS,
+    HEADS,
+    REGULARISERS,
+    TEXT_ENCODERS,
+    Registry,
+    RegistryError,
+)
+
+
+def _lookup(errors: list[str], field: str, registry: Registry, name: str):
+    try:
+        return registry.entry(name)
+    except RegistryError:
+        errors.append(f"{field}: unknown {registry.axis} '{name}'; allowed: {', '.join(registry.names())}")
+        return None
+
+
+def check_compatibility(spec) -> None:
+    """Raise ``SpecError`` listing every incompatible or unknown choice in ``spec``."""
+    import dfgan.components  # noqa: F401
+    from dfgan.spec import SpecError
+
+    m, errors = spec.model, []
+    entries = {
+        "model.backbone": _lookup(errors, "model.backbone", BACKBONES, m.backbone),
+        "model.discriminator": _lookup(errors, "model.discriminator", DISCRIMINATORS, m.discriminator),
+        "model.head": _lookup(errors, "model.head", HEADS, m.head),
+        "model.fusion.name": _lookup(errors, "model.fusion.name", FUSIONS, m.fusion.name),
+        "model.regulariser.name": _lookup(errors, "model.regulariser.name", REGULARISERS, m.regulariser.name),
+        "model.text_encoder.name": _lookup(errors, "model.text_encoder.name", TEXT_ENCODERS, m.text_encoder.name),
+        "data.name": _lookup(errors, "data.name", DATASETS, spec.data.name),
+    }
+    if m.fusion.name == "cross_attention":
+        entries["model.fusion.fallback"] = _lookup(errors, "model.fusion.fallback", FUSIONS, m.fusion.fallback)
+    provided: set[str] = set()
+    for e in entries.values():
+        if e is not None:
+            provided |= e.provides
+    for field, e in entries.items():
+        if e is None:
+            continue
+        for need in sorted(e.requires - provided):
+            givers = [n for n, r in _providers(need)]
+            errors.append(
+                f"{field}: '{e.name}' requires {need.replace('_', ' ')}, which no chosen component provides"
+                + (f"; components that provide it: {', '.join(givers)}" if givers else "")
+            )
+    if errors:
+        raise SpecError("incompatible spec:\n  " + "\n  ".join(errors))
+
+
+def _providers(need: str):
+    from dfgan.registry import ALL
+
+    for reg in ALL.values():
+        for name in reg.names():
+            if need in reg.entry(name).provides:
+                yield f"{reg.axis} '{name}'", reg

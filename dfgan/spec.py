@@ -1,0 +1,291 @@
+"""The experiment spec: one validated document covering model, data, training, evaluation and tracking.
+
+A spec is read from YAML (a variant under ``ablations/variants`` is a small override of
+``ablations/base.yaml``), patched with dotted overrides from the command line (``train.steps=200``), and
+validated once: unknown keys are errors, values are typed, and component names are checked against the
+registries together with what each component requires (``check_compatibility``) before any work starts.
+The resolved spec and its hash are stored with every run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ABLATIONS_DIR = REPO_ROOT / "ablations"
+BASE_SPEC = ABLATIONS_DIR / "base.yaml"
+VARIANTS_DIR = ABLATIONS_DIR / "variants"
+
+
+class SpecError(ValueError):
+    """A spec that cannot be run: the message names the field and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _power_of_two(v: int, lo: int = 32, hi: int = 512) -> int:
+    if v < lo or v > hi or v & (v - 1):
+        raise ValueError(f"must be a power of two from {lo} to {hi}, got {v}")
+    return v
+
+
+class RegulariserSpec(_Strict):
+    name: str = "ma_gp"
+    k: float = 2.0  # DF-GAN HEAD: L_gp = k * mean(||g||^p), k = 2
+    p: float = 6.0  # p = 6
+    target: Literal["real_match", "real_mismatch", "fake_match", "fake_mismatch"] = "real_match"
+    norm: Literal["concat", "sum"] = "concat"  # official code: norm of concatenated grads; paper: sum of norms
+
+
+class FusionSpec(_Strict):
+    name: str = "dfblock"
+    depth: int = Field(2, ge=1, le=8)  # affine layers per fusion block (DF-GAN: 2)
+    # cross_attention only: resolutions (px) at which attention is used; other blocks fall back to `fallback`
+    attention_resolutions: list[int] = Field(default_factory=lambda: [64, 128])
+    fallback: str = "concat"
+
+
+class TextEncoderSpec(_Strict):
+    name: str = "damsm"
+    checkpoint: str | None = None  # a DAMSM text_encoder*.pth or ours; None = pretrain on the dataset (cached)
+    embedding_dim: int = 256  # sentence/word vector size (DAMSM: 256)
+    pretrain_steps: int = Field(600, ge=0)
+    pretrain_batch_size: int = Field(64, ge=2)
+    pretrain_lr: float = 2e-3
+    model_path: str | None = None  # sentence_transformer: local model folder (default: the packaged MiniLM)
+
+
+class ModelSpec(_Strict):
+    backbone: str = "one_stage"
+    discriminator: str = "dfgan"
+    head: str = "one_way"
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    regulariser: RegulariserSpec = Field(default_factory=RegulariserSpec)
+    text_encoder: TextEncoderSpec = Field(default_factory=TextEncoderSpec)
+    nf: int = Field(32, ge=1)  # base channel width (DF-GAN: 32)
+    z_dim: int = Field(100, ge=1)  # noise size (DF-GAN: 100)
+    truncation: float = Field(0.88, gt=0)  # sampling noise = truncation * truncnorm(-2, 2) (DF-GAN HEAD)
+
+
+class DataSpec(_Strict):
+    name: str = "builtin"
+    root: str | None = None  # dataset folder; builtin: cache folder (default ~/.cache/dfgan or $DFGAN_CACHE)
+    imsize: int = 64
+    # builtin dataset only
+    seed: int = 0
+    n_train: int = Field(4000, ge=8)
+    n_test: int = Field(1000, ge=8)
+    captions_per_image: int = Field(10, ge=1, le=10)
+    # real datasets only
+    max_images: int | None = Field(None, ge=1)  # use only the first N images (quick runs)
+
+    @field_validator("imsize")
+    @classmethod
+    def _imsize(cls, v: int) -> int:
+        return _power_of_two(v)
+
+
+class TrainSpec(_Strict):
+    steps: int = Field(1000, ge=0)
+    batch_size: int = Field(32, ge=2)  # per process (DF-GAN: 32 per GPU)
+    lr_g: float = Field(1e-4, gt=0)  # DF-GAN HEAD TTUR
+    lr_d: float = Field(4e-4, gt=0)
+    betas: tuple[float, float] = (0.0, 0.9)
+    seed: int = 100  # DF-GAN's seed
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    fused_affine: bool = False  # all affine modulation parameters from one matmul per step
+    compile: bool = False
+    num_workers: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads (None = torch default)
+    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+    out_dir: str = "runs"
+
+
+class EvalSpec(_Strict):
+    interval: int = Field(0, ge=0)  # steps between periodic evaluations (0 = only at the end)
+    metrics: list[str] = Field(default_factory=list)
+    n_images: int = Field(1000, ge=2)
+    batch_size: int = Field(64, ge=1)
+
+
+class TrackingSpec(_Strict):
+    enabled: bool = True
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI or sqlite:///<train.out_dir>/mlflow.db
+    experiment: str = "dfgan"
+
+
+class Spec(_Strict):
+    name: str = "custom"
+    description: str = ""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    # ---- identity ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def experiment_dict(self) -> dict[str, Any]:
+        """What defines the experiment: everything except where/how it is run and logged."""
+        d = self.to_dict()
+        d.pop("name"), d.pop("description"), d.pop("tracking")
+        for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads"):
+            d["train"].pop(k)
+        d["data"].pop("root")
+        return d
+
+    def hash(self) -> str:
+        """Hash of the experiment-defining fields (stable across runs, hosts and log settings)."""
+        blob = json.dumps(self.experiment_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.to_dict())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---- loading ------------------------------------------------------------------------------------------------
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``model.nf=16`` -> (['model', 'nf'], 16); the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise SpecError(f"override '{text}' is not of the form key.path=value")
+    key, _, raw = text.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise SpecError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise SpecError(f"override '{text}': value is not valid YAML ({e})") from None
+    return path, value
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    d = copy.deepcopy(d)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = d
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise SpecError(f"override '{text}': '{part}' is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return d
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def variant_names() -> list[str]:
+    return sorted(p.stem for p in VARIANTS_DIR.glob("*.yaml"))
+
+
+def variant_path(name: str) -> Path:
+    path = VARIANTS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise SpecError(f"unknown variant '{name}'; defined in {VARIANTS_DIR}: {', '.join(variant_names())}")
+    return path
+
+
+def variant_dict(name: str) -> dict[str, Any]:
+    """The variant's overrides merged onto the base spec (a variant may name another in ``extends``)."""
+    over = read_yaml(variant_path(name))
+    parent = over.pop("extends", None)
+    base = variant_dict(parent) if parent else read_yaml(BASE_SPEC)
+    merged = deep_merge(base, over)
+    merged["name"] = name
+    return merged
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        else:
+            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid spec:\n  " + "\n  ".join(lines)
+
+
+def from_dict(d: dict[str, Any], *, check: bool = True) -> Spec:
+    try:
+        spec = Spec.model_validate(d)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e)) from None
+    if check:
+        from dfgan.compat import check_compatibility
+
+        check_compatibility(spec)
+    return spec
+
+
+def load_spec(
+    variant: str | None = None,
+    spec_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    check: bool = True,
+) -> Spec:
+    """Resolve a spec: a spec file, or a named variant (default ``full``), then dotted overrides."""
+    if variant and spec_file:
+        raise SpecError("give either a variant or a spec file, not both")
+    if spec_file:
+        d = read_yaml(Path(spec_file))
+        parent = d.pop("extends", None)
+        if parent:
+            d = deep_merge(variant_dict(parent), d)
+    else:
+        d = variant_dict(variant or "full")
+    d = apply_overrides(d, overrides or [])
+    return from_dict(d, check=check)

@@ -1,0 +1,123 @@
+"""One DF-GAN training step (reference Sec. 3): a discriminator step, then a generator step.
+
+The generator runs once per step; the discriminator step uses the fake images detached, the generator step
+reuses them with the updated discriminator (as the official code does). Works for any backbone (one image
+or a list of stage images, each judged by its own discriminator and head; losses summed over stages), any
+head and any regulariser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or Inf; the message names the step and the loss."""
+
+    def __init__(self, step: int, name: str, value: float, detail: str = ""):
+        self.step, self.name, self.value = step, name, value
+        super().__init__(f"non-finite loss at step {step}: {name} = {value}" + (f"; {detail}" if detail else ""))
+
+
+def real_pyramid(images: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """The real batch at each stage's resolution (average pooling by the power-of-two factor)."""
+    out = []
+    for s in sizes:
+        f = images.shape[-1] // s
+        out.append(images if f == 1 else F.avg_pool2d(images, f))
+    return out
+
+
+def as_list(images) -> list[torch.Tensor]:
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+class Stepper:
+    """Holds what a step needs (networks, optimisers, regulariser, precision) and runs steps."""
+
+    def __init__(self, gan, regulariser, opt_g, opt_d, *, precision: str = "fp32", device="cpu",
+                 channels_last: bool = False, grad_sync=None):
+        self.gan, self.reg, self.opt_g, self.opt_d = gan, regulariser, opt_g, opt_d
+        self.device = torch.device(device)
+        self.precision = precision
+        self.channels_last = channels_last
+        self.grad_sync = grad_sync  # callable(params) that averages grads across processes, or None
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _check(self, step: int, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        out = {}
+        for name, v in losses.items():
+            val = float(v.detach())
+            if not math.isfinite(val):
+                raise NonFiniteLossError(step, name, val)
+            out[name] = val
+        return out
+
+    def __call__(self, step: int, images, sentence, words, mask, noise) -> dict[str, float]:
+        gan, reg = self.gan, self.reg
+        sentence = sentence.detach()
+        with self.autocast():
+            fakes = as_list(gan.generator(noise, sentence, words, mask))
+        reals = real_pyramid(images, gan.stage_sizes)
+
+        # ---- discriminator step ---------------------------------------------------------------------------
+        for p in gan.d_parameters():
+            p.requires_grad_(True)
+        terms: dict[str, torch.Tensor] = {}
+        loss_d = images.new_zeros(())
+        for s, (D, head) in enumerate(zip(gan.discriminators, gan.heads)):
+            real = self._fmt(reals[s].detach())
+            sent = sentence
+            if reg.reuses_real_output:
+                real = real.requires_grad_(True)
+                sent = sentence.clone().requires_grad_(True)
+            with self.autocast():
+                f_real = D(real)
+                f_fake = D(self._fmt(fakes[s].detach()))
+                out_real = head.cond_score(f_real, sent).float()
+                d = head.d_loss(f_real, f_fake, sent, out_real)
+            gp = reg(D=D, head=head, real=real, fake=fakes[s], sentence=sent, out_real=out_real)
+            loss_d = loss_d + d["total"] + (gp if gp is not None else 0.0)
+            suffix = "" if len(gan.heads) == 1 else f"_s{s}"
+            for k, v in d.items():
+                if k != "total":
+                    terms[f"d_{k}{suffix}"] = v
+            if gp is not None:
+                terms[f"d_gp{suffix}"] = gp
+        self._check(step, {"loss_d": loss_d})
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        if self.grad_sync:
+            self.grad_sync(list(gan.d_parameters()))
+        self.opt_d.step()
+
+        # ---- generator step, with the updated discriminator -----------------------------------------------
+        for p in gan.d_parameters():  # D weight gradients are not needed here: skip that work
+            p.requires_grad_(False)
+        loss_g = images.new_zeros(())
+        with self.autocast():
+            for s, (D, head) in enumerate(zip(gan.discriminators, gan.heads)):
+                loss_g = loss_g + head.g_loss(D(self._fmt(fakes[s])), sentence).float()
+        self._check(step, {"loss_g": loss_g})
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        if self.grad_sync:
+            self.grad_sync(list(gan.generator.parameters()))
+        self.opt_g.step()
+        for p in gan.d_parameters():
+            p.requires_grad_(True)
+
+        out = {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach())}
+        out.update({k: float(v.detach()) for k, v in terms.items()})
+        return out

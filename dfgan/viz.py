@@ -1,0 +1,36 @@
+"""Image grids with their captions, for sample artifacts."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
+
+from dfgan.sampling import to_uint8
+
+
+def save_caption_grid(images: torch.Tensor, captions: list[str], path: str | Path, nrow: int,
+                      label_height: int | None = None) -> Path:
+    """Save ``images`` ([-1,1], rows of ``nrow``) as a PNG with column ``j`` headed by ``captions[j]``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = make_grid(to_uint8(images), nrow=nrow, padding=2, pad_value=255)
+    img = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    cell = images.shape[-1] + 2
+    font = ImageFont.load_default()
+    chars = max(8, cell // 6)
+    wrapped = [textwrap.wrap(c, chars)[:6] for c in captions[:nrow]]
+    lines = max((len(w) for w in wrapped), default=1)
+    label_height = label_height or 11 * lines + 4
+    canvas = Image.new("RGB", (img.width, img.height + label_height), "white")
+    canvas.paste(img, (0, label_height))
+    draw = ImageDraw.Draw(canvas)
+    for j, w in enumerate(wrapped):
+        for k, line in enumerate(w):
+            draw.text((j * cell + 3, 2 + 11 * k), line, fill="black", font=font)
+    canvas.save(path)
+    path.with_suffix(".txt").write_text("\n".join(captions) + "\n")
+    return path
