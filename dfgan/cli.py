@@ -133,7 +133,23 @@ def _spec(args) -> int:
 
 
 # ---- entry point ------------------------------------------------------------------------------------------------
+# Each area keeps its commands in its own module, registering them with @command on import.
+COMMAND_MODULES = ("dfgan.cli_data", "dfgan.cli_metrics", "dfgan.cli_study", "dfgan.cli_bench")
+
+
+def _load_command_modules() -> None:
+    import importlib
+
+    for mod in COMMAND_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _load_command_modules()
     parser = argparse.ArgumentParser(
         prog="dfgan",
         description="DF-GAN study harness: train, evaluate and compare text-to-image GAN components.",
