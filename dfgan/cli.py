@@ -85,10 +85,9 @@ def _params(args) -> int:
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
-        for k, v in rep["modules"].items():
-            print(f"{k:28s} {v['total']:>12,d}  (trainable {v['trainable']:,d})")
-        for k, v in rep["totals"].items():
-            print(f"total[{k}] {v:>20,d}  {rep['rules'][k]}")
+        from dfgan.metrics.nop import format_nop_report
+
+        print(format_nop_report(rep))
     return 0
 
 
@@ -109,7 +108,8 @@ def _variants(args) -> int:
     for name in variant_names():
         spec = load_spec(name, overrides=[f"model.nf={args.nf}", f"data.imsize={args.imsize}"])
         nop = spec_nop(spec)["totals"]
-        rows.append({"variant": name, "description": spec.description, "nop_trainable": nop["trainable"]})
+        rows.append({"variant": name, "description": spec.description,
+                     "nop_trainable": nop["trainable"]["count"]})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -126,3 +126,27 @@ def format_nop_report(report: dict[str, Any]) -> str:
         )
         lines.append(f"    rule: {t['rule']}")
     return "\n".join(lines)
+
+
+def spec_nop(spec, vocab_size: int = 5450) -> dict[str, Any]:
+    """``nop_report`` for a spec without any data: networks built on the meta device (no memory, no init).
+
+    The DAMSM text encoder is counted with ``vocab_size`` words (default 5,450: CUB's vocabulary, which the
+    official birds encoder uses); other text encoders are counted as registered.
+    """
+    import torch
+
+    from dfgan.model import build_gan
+    from dfgan.nn.text_encoders import DAMSMTextEncoder
+
+    te_spec = spec.model.text_encoder
+    with torch.device("meta"):
+        encoder = DAMSMTextEncoder(vocab_size, nhidden=te_spec.embedding_dim) if te_spec.name == "damsm" else None
+        cond = te_spec.embedding_dim
+        gan = build_gan(spec, cond_dim=cond, word_dim=cond)
+    if encoder is not None:
+        encoder.requires_grad_(False)  # frozen while the GAN trains
+    report = nop_report(gan, encoder)
+    report["config"] = {"variant": spec.name, "nf": spec.model.nf, "imsize": spec.data.imsize,
+                        "vocab_size": vocab_size if encoder is not None else None}
+    return report

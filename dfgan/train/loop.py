@@ -185,8 +185,8 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
                 "head": spec.model.head, "fusion": spec.model.fusion.name,
                 "regulariser": spec.model.regulariser.name, "text_encoder": spec.model.text_encoder.name,
                 "dataset": spec.data.name, "dataset_hash": dataset.content_hash,
-                "text_encoder_source": enc_info.get("source"), "nop_paper": nop["totals"]["paper"],
-                "nop_trainable": nop["totals"]["trainable"], "world_size": dinfo.world_size,
+                "text_encoder_source": enc_info.get("source"), "nop_paper": nop["totals"]["paper"]["count"],
+                "nop_trainable": nop["totals"]["trainable"]["count"], "world_size": dinfo.world_size,
                 "device": str(device), "torch": torch.__version__,
             })
             (run_dir / "spec.yaml").write_text(spec.to_yaml())

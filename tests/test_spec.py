@@ -1,0 +1,78 @@
+import pytest
+
+from dfgan.spec import SpecError, load_spec, variant_names
+
+
+def test_full_variant_is_dfgan():
+    spec = load_spec("full")
+    m = spec.model
+    assert (m.backbone, m.head, m.fusion.name, m.regulariser.name) == ("one_stage", "one_way", "dfblock", "ma_gp")
+    assert (m.regulariser.k, m.regulariser.p, m.regulariser.target) == (2.0, 6.0, "real_match")
+    assert (spec.train.lr_g, spec.train.lr_d, tuple(spec.train.betas)) == (1e-4, 4e-4, (0.0, 0.9))
+    assert m.truncation == 0.88 and m.z_dim == 100
+
+
+def test_variants_exist_and_differ():
+    names = variant_names()
+    assert {"full", "no_magp"} <= set(names)
+    assert load_spec("no_magp").model.regulariser.name == "none"
+    assert load_spec("no_magp").hash() != load_spec("full").hash()
+
+
+def test_overrides_typed():
+    spec = load_spec("full", overrides=["model.nf=16", "train.betas=[0.5, 0.99]", "data.imsize=128"])
+    assert spec.model.nf == 16 and spec.data.imsize == 128 and tuple(spec.train.betas) == (0.5, 0.99)
+
+
+def test_unknown_key_is_error():
+    with pytest.raises(SpecError, match=r"model\.nff: unknown key"):
+        load_spec("full", overrides=["model.nff=16"])
+
+
+def test_bad_value_names_field():
+    with pytest.raises(SpecError, match=r"data\.imsize: .*power of two"):
+        load_spec("full", overrides=["data.imsize=100"])
+    with pytest.raises(SpecError, match=r"model\.regulariser\.target"):
+        load_spec("full", overrides=["model.regulariser.target=everything"])
+
+
+def test_unknown_component_lists_allowed():
+    with pytest.raises(SpecError) as e:
+        load_spec("full", overrides=["model.fusion.name=nonsense"])
+    msg = str(e.value)
+    assert "model.fusion.name" in msg and "allowed:" in msg and "dfblock" in msg
+
+
+def test_requirement_checked_before_work():
+    """A component that needs word embeddings with an encoder that gives none fails at validation."""
+    from dfgan.registry import FUSIONS, TEXT_ENCODERS
+
+    FUSIONS.add("_needs_words_test", lambda **k: None, requires={"words"})
+    TEXT_ENCODERS.add("_no_words_test", lambda **k: None)
+    try:
+        with pytest.raises(SpecError) as e:
+            load_spec("full", overrides=["model.fusion.name=_needs_words_test",
+                                         "model.text_encoder.name=_no_words_test"])
+        assert "model.fusion.name" in str(e.value) and "requires words" in str(e.value)
+        assert "text_encoder 'damsm'" in str(e.value)
+    finally:
+        FUSIONS._entries.pop("_needs_words_test")
+        TEXT_ENCODERS._entries.pop("_no_words_test")
+
+
+def test_hash_ignores_logging_fields_only():
+    a = load_spec("full")
+    assert a.hash() == load_spec("full", overrides=["train.log_every=99", "train.out_dir=/tmp/x"]).hash()
+    assert a.hash() != load_spec("full", overrides=["train.seed=1"]).hash()
+
+
+def test_unknown_variant_lists_known():
+    with pytest.raises(SpecError, match="unknown variant 'nope'.*full"):
+        load_spec("nope")
+
+
+def test_spec_file_extends_variant(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("extends: no_magp\nmodel: {nf: 8}\n")
+    spec = load_spec(spec_file=f)
+    assert spec.model.nf == 8 and spec.model.regulariser.name == "none"
