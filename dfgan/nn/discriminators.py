@@ -51,7 +51,13 @@ class DFGANDiscriminator(nn.Module):
         self.nf, self.imsize = nf, imsize
         self.out_channels = nf * 8
         self.conv_img = nn.Conv2d(3, nf, 3, 1, 1)
-        self.DBlocks = nn.ModuleList([DBlock(i, o) for i, o in discriminator_pairs(nf, imsize)])
+        pairs = discriminator_pairs(nf, imsize)
+        if pairs and pairs[-1][1] != self.out_channels:
+            # below 32 px (the early stages of a stacked generator) DF-GAN's schedule stops short of 8nf
+            # channels; the last block widens to 8nf so every trunk feeds the same heads. From 32 px up, the
+            # schedule already ends at 8nf and this changes nothing.
+            pairs[-1] = (pairs[-1][0], self.out_channels)
+        self.DBlocks = nn.ModuleList([DBlock(i, o) for i, o in pairs])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv_img(x)

