@@ -96,8 +96,10 @@ class SampleGrid:
 
 def train(spec, *, resume: bool = False, restart: bool = False, progress: bool = True,
           tracking: bool | None = None, tracking_uri: str | None = None, parent_run_id: str | None = None,
-          extra_tags: dict | None = None, stop_at: int | None = None) -> TrainResult:
-    """Train ``spec``. ``stop_at`` ends early after that many steps (a checkpoint is written): for tests."""
+          extra_tags: dict | None = None, stop_at: int | None = None, on_eval=None) -> TrainResult:
+    """Train ``spec``. ``stop_at`` ends early after that many steps (a checkpoint is written): for tests.
+    ``on_eval(step, values)`` is called after each evaluation (periodic and final) with the metric values
+    (name -> float); an exception it raises (e.g. ``optuna.TrialPruned``) ends the run like any error."""
     import dfgan.components  # noqa: F401
 
     device = pick_device(spec.train.device)
@@ -240,7 +242,7 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
                     save(done)
                     progress_state["last_good"] = done
                 if spec.eval.interval and spec.eval.metrics and done % spec.eval.interval == 0 and done != end:
-                    _evaluate(spec, gan, conditioner, dataset, device, tracker, done, run_dir, dinfo)
+                    _evaluate(spec, gan, conditioner, dataset, device, tracker, done, run_dir, dinfo, on_eval)
         finally:
             if bar is not None:
                 bar.close()
@@ -249,7 +251,7 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
                        run_dir / FINAL_WEIGHTS)
             tracker.artifact(run_dir / FINAL_WEIGHTS, "checkpoint")
             if spec.eval.metrics:
-                _evaluate(spec, gan, conditioner, dataset, device, tracker, end, run_dir, dinfo)
+                _evaluate(spec, gan, conditioner, dataset, device, tracker, end, run_dir, dinfo, on_eval)
         seconds = time.time() - t_start
         tracker.metrics({"train_seconds": seconds}, end)
         tracker.finish()
@@ -270,9 +272,11 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
         dist.shutdown(dinfo)
 
 
-def _evaluate(spec, gan, conditioner, dataset, device, tracker, step, run_dir, dinfo):
+def _evaluate(spec, gan, conditioner, dataset, device, tracker, step, run_dir, dinfo, on_eval=None):
     if not dinfo.is_main:
         return
     from dfgan.metrics import evaluate_during_training
 
-    evaluate_during_training(spec, gan, conditioner, dataset, device, tracker, step, run_dir)
+    values = evaluate_during_training(spec, gan, conditioner, dataset, device, tracker, step, run_dir)
+    if on_eval is not None:
+        on_eval(step, dict(values) if isinstance(values, dict) else {})
