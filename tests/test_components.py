@@ -26,7 +26,7 @@ from dfgan.nn.fusion import (
     WordRegionAttention,
 )
 from dfgan.nn.generators import StackedGenerator, stacked_stage_sizes
-from dfgan.nn.heads import OneWayHead, TwoWayHead, hinge_fake, hinge_real, roll_batch
+from dfgan.nn.heads import OneWayHead, TwoWayHead
 from dfgan.nn.penalties import MAGP, ImageGP
 from dfgan.registry import ALL, FUSIONS, REGULARISERS
 from dfgan.spec import FusionSpec, RegulariserSpec, SpecError, load_spec
@@ -209,7 +209,7 @@ def _d_and_heads():
 
 def _per_sample_magp(D, head, images, sents, k, p, norm):
     vals = []
-    for x, e in zip(images, sents):
+    for x, e in zip(images, sents, strict=True):
         x, e = x[None].clone().requires_grad_(True), e[None].clone().requires_grad_(True)
         gx, ge = torch.autograd.grad(head.cond_score(D(x), e).sum(), (x, e))
         gx, ge = gx.flatten(), ge.flatten()
@@ -250,7 +250,7 @@ def test_r1_is_text_blind_gradient_penalty_on_real_images(head_name):
     reg = REGULARISERS.build("r1", spec=RegulariserSpec(name="r1", k=2.0, p=2.0))
     got = reg(D=D, head=head, real=real, fake=fake, sentence=s)
     vals = []
-    for x, e in zip(real, s):
+    for x, e in zip(real, s, strict=True):
         x = x[None].clone().requires_grad_(True)
         score = head.uncond_score(D(x)) if head_name == "two_way" else head.cond_score(D(x), e[None])
         (gx,) = torch.autograd.grad(score.sum(), (x,))
@@ -392,7 +392,7 @@ def test_every_combination_of_backbone_head_fusion_regulariser_takes_a_step(back
                                                         x["noise"])
         assert all(math.isfinite(v) for v in losses.values()), (b, h, fusion, reg_name, losses)
         assert ("d_gp" in losses or "d_gp_s0" in losses) == (reg_name != "none")
-        moved = sum(not torch.equal(a, p) for a, p in zip(before, gan.parameters()))
+        moved = sum(not torch.equal(a, p) for a, p in zip(before, gan.parameters(), strict=True))
         assert moved > len(before) // 2, (b, h, fusion, reg_name)
 
 

@@ -141,7 +141,7 @@ class SentenceTransformerEncoder(nn.Module):
             raise ValueError("sentence_transformer text encoder was built without a vocabulary, so it cannot turn "
                              "word ids back into text; build it with vocab=dataset.vocab or call encode_text")
         lengths = torch.as_tensor(lengths).tolist()
-        return [self.vocab.decode(row[: max(int(n), 1)]) for row, n in zip(captions.tolist(), lengths)]
+        return [self.vocab.decode(row[: max(int(n), 1)]) for row, n in zip(captions.tolist(), lengths, strict=True)]
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
