@@ -15,14 +15,16 @@ from dfgan.conditioning import TextConditioner, load_text_encoder
 from dfgan.model import build_gan, build_regulariser
 from dfgan.paths import cache_dir
 from dfgan.registry import DATASETS, FUSIONS
+from dfgan.runtime import runtime_info
 from dfgan.sampling import truncated_noise
 from dfgan.train import checkpoint as ckpt_io
 from dfgan.train import distributed as dist
 from dfgan.train.batches import BatchPlan, step_loader
-from dfgan.train.step import NonFiniteLossError, Stepper
+from dfgan.train.step import NonFiniteLossError, Stepper, apply_speed_options
 from dfgan.tracking import Tracker
 
 CHECKPOINT = "checkpoint.pt"
+RUNTIME_TAGS = ("threads", "device_name", "cpu_capability", "allocator", "allocator_env", "glibc_thresholds_raised")
 FINAL_WEIGHTS = "final_weights.pt"
 
 
@@ -148,12 +150,7 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
         torch.manual_seed(spec.train.seed)
         cond_dim = getattr(encoder, "output_dim", spec.model.text_encoder.embedding_dim)
         gan = build_gan(spec, cond_dim=cond_dim, word_dim=cond_dim).to(device)
-        if spec.train.fused_affine:
-            from dfgan.nn.fused import enable_fused_affine
-
-            enable_fused_affine(gan.generator)
-        if spec.train.channels_last:
-            gan = gan.to(memory_format=torch.channels_last)
+        speed = apply_speed_options(gan, spec.train)  # fused affine, channels_last
         if dinfo.enabled:
             dist.broadcast_module(gan)
         reg = build_regulariser(spec)
@@ -170,8 +167,8 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
         stepper = Stepper(gan, reg, opt_g, opt_d, precision=t.precision, device=device,
                           channels_last=t.channels_last,
                           grad_sync=dist.average_gradients if dinfo.enabled else None)
-        if t.compile:
-            gan.generator = torch.compile(gan.generator)
+        if t.compile:  # in place (keeps the state-dict keys); the generator only: MA-GP's double backward
+            gan.generator.compile()  # through D is not supported by torch.compile
 
         need_words = "words" in FUSIONS.entry(spec.model.fusion.name).requires
         conditioner = TextConditioner(encoder, device, need_words)
@@ -190,6 +187,8 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
                 "text_encoder_source": enc_info.get("source"), "nop_paper": nop["totals"]["paper"]["count"],
                 "nop_trainable": nop["totals"]["trainable"]["count"], "world_size": dinfo.world_size,
                 "device": str(device), "torch": torch.__version__,
+                **{f"speed_{k}": v for k, v in speed.items()},
+                **{f"runtime_{k}": v for k, v in runtime_info(device).items() if k in RUNTIME_TAGS},
             })
             (run_dir / "spec.yaml").write_text(spec.to_yaml())
             (run_dir / "nop.json").write_text(json.dumps(nop, indent=2))
@@ -255,7 +254,8 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
         seconds = time.time() - t_start
         tracker.metrics({"train_seconds": seconds}, end)
         tracker.finish()
-        return TrainResult(run_dir, tracker.run_id, end, losses, seconds, {"text_encoder": enc_info, "nop": nop})
+        return TrainResult(run_dir, tracker.run_id, end, losses, seconds, {"text_encoder": enc_info, "nop": nop,
+                                                                 "speed": speed, "runtime": runtime_info(device)})
     except NonFiniteLossError as e:
         err = NonFiniteLossError(e.step, e.name, e.value,
                                  f"training stopped; the last good checkpoint (step {progress_state['last_good']}) "

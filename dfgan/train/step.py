@@ -36,6 +36,24 @@ def as_list(images) -> list[torch.Tensor]:
     return list(images) if isinstance(images, (list, tuple)) else [images]
 
 
+def apply_speed_options(gan, train_spec) -> dict[str, bool]:
+    """Apply the spec's speed options that change the networks (in place); returns what was applied.
+
+    ``fused_affine``: every DFBlock modulation from one matmul per forward (``dfgan.nn.fused``; backbones
+    that cannot take it keep their per-affine path, with a warning). ``channels_last``: NHWC weights (the
+    Stepper also feeds NHWC images). Precision and ``compile`` are applied by the Stepper and the loop.
+    """
+    applied = {"fused_affine": False, "channels_last": False}
+    if train_spec.fused_affine:
+        from dfgan.nn.fused import enable_fused_affine
+
+        applied["fused_affine"] = enable_fused_affine(gan.generator)
+    if train_spec.channels_last:
+        gan.to(memory_format=torch.channels_last)
+        applied["channels_last"] = True
+    return applied
+
+
 class Stepper:
     """Holds what a step needs (networks, optimisers, regulariser, precision) and runs steps."""
 
@@ -97,7 +115,8 @@ class Stepper:
                 terms[f"d_gp{suffix}"] = gp
         self._check(step, {"loss_d": loss_d})
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        d_params = [p for p in gan.d_parameters() if p.requires_grad]
+        loss_d.backward(inputs=d_params)  # only D's weights: no gradient for the real images or sentences
         if self.grad_sync:
             self.grad_sync(list(gan.d_parameters()))
         self.opt_d.step()

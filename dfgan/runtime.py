@@ -1,0 +1,93 @@
+"""Facts about the machine and process a run or a benchmark ran in, recorded with every result.
+
+A timing means little without the device, the thread count, the torch build and the memory allocator
+in force: glibc's default ``malloc`` trims and ``mmap``s the large blocks of a PyTorch CPU step on every
+step, which made DF-GAN's 256 px step about twice as slow and far noisier on the 2-core machines here
+(shared reference doc, Sec. 8). ``dfgan`` re-execs itself with ``MALLOC_ENV`` (see ``dfgan.cli``); this
+module reports what is actually in force, including a preloaded jemalloc/tcmalloc/mimalloc.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+ALLOCATOR_ENV_PREFIXES = ("MALLOC_", "JE_MALLOC", "TCMALLOC_", "MIMALLOC_")
+ALLOCATOR_LIBS = ("jemalloc", "tcmalloc", "mimalloc")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def allocator_info() -> dict[str, Any]:
+    """The C allocator in force: a preloaded library (from this process's memory map) or glibc, and its env."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(ALLOCATOR_ENV_PREFIXES)}
+    loaded = []
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+        loaded = sorted({lib for lib in ALLOCATOR_LIBS if f"lib{lib}" in maps})
+    except OSError:
+        pass
+    name = loaded[0] if loaded else ("glibc" if platform.system() == "Linux" else platform.system().lower())
+    from dfgan.cli import MALLOC_ENV
+
+    tuned = name == "glibc" and all(env.get(k) == v for k, v in MALLOC_ENV.items())
+    return {"allocator": name, "allocator_env": env, "ld_preload": os.environ.get("LD_PRELOAD", ""),
+            "glibc_thresholds_raised": tuned}
+
+
+def allocator_label() -> str:
+    """One line, e.g. ``glibc MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296``."""
+    a = allocator_info()
+    env = " ".join(f"{k}={v}" for k, v in sorted(a["allocator_env"].items()))
+    return f"{a['allocator']} {env}".strip() if env else f"{a['allocator']} (defaults)"
+
+
+def runtime_info(device: Any = "cpu") -> dict[str, Any]:
+    """Device, dtype support, threads, torch version and allocator: the context of every measurement."""
+    import torch
+
+    dev = torch.device(device)
+    flags = _cpu_flags()
+    info: dict[str, Any] = {
+        "device": str(dev),
+        "device_name": _cpu_model(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_flags": [f for f in BF16_CPU_FLAGS if f in flags],
+        **allocator_info(),
+    }
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        info.update({"device_name": props.name, "cuda": torch.version.cuda,
+                     "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+                     "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")})
+    return info
