@@ -111,7 +111,7 @@ def test_stacked_rejects_sizes_below_three_stages():
 
 
 def test_stacked_fused_affine_path_equals_per_affine_path():
-    from dfgan.nn.fused import enable_fused_affine
+    enable_fused_affine = pytest.importorskip("dfgan.nn.fused").enable_fused_affine  # the fast path's module
 
     for variant in ("stacked", "cbn"):
         spec = load_spec(variant, overrides=TINY + ["model.backbone=stacked"])
@@ -460,3 +460,20 @@ def test_cross_attention_with_a_sentence_only_encoder_fails_validation():
     assert "model.fusion.name" in msg and "words" in msg and "damsm" in msg
     # the same choice with a sentence fusion is fine
     assert load_spec("minilm_text").model.text_encoder.name == "sentence_transformer"
+
+
+@pytest.mark.parametrize("variant", ["magp_fake_match", "magp_fake_mismatch", "magp_real_mismatch", "r1",
+                                     "baseline", "cbn", "concat"])
+def test_bf16_step_with_every_penalty_target_and_new_fusion(variant):
+    """``train.precision=bf16``: fakes come out of the generator in bf16; penalties that re-run D on them
+    (fake targets) and the new fusions must still run and give finite losses."""
+    spec = load_spec(variant, overrides=TINY)
+    torch.manual_seed(0)
+    gan = build_gan(spec, cond_dim=COND, word_dim=WORD)
+    opt_g = torch.optim.Adam(gan.generator.parameters(), 1e-4, betas=(0.0, 0.9))
+    opt_d = torch.optim.Adam(list(gan.d_parameters()), 4e-4, betas=(0.0, 0.9))
+    x = _inputs()
+    losses = Stepper(gan, build_regulariser(spec), opt_g, opt_d, precision="bf16")(
+        0, x["images"], x["sentence"], x["words"], x["mask"], x["noise"])
+    assert all(math.isfinite(v) for v in losses.values()), losses
+    assert any(k.startswith("d_gp") for k in losses) == (spec.model.regulariser.name != "none")

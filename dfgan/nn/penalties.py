@@ -42,7 +42,7 @@ class MAGP:
             image, sent, out = real, sentence, out_real
         else:
             src = real if self.target.startswith("real") else fake
-            image = src.detach().requires_grad_(True)
+            image = src.detach().float().requires_grad_(True)  # fakes are bf16 under autocast; D is fp32
             sent = sentence.detach()
             if self.target.endswith("mismatch"):
                 sent = roll_batch(sent)
@@ -89,7 +89,7 @@ class ImageGP:
         self.k, self.p = k, p
 
     def __call__(self, *, D, head, real, fake, sentence, out_real=None) -> torch.Tensor:
-        image = real.detach().requires_grad_(True)
+        image = real.detach().float().requires_grad_(True)
         out = head.realness_score(D(image), sentence.detach())
         (g,) = autograd.grad(out.sum(), (image,), create_graph=True)
         return self.k * g.float().flatten(1).pow(2).sum(1).sqrt().pow(self.p).mean()
