@@ -1,3 +1,3 @@
 """Datasets; importing this package registers them all."""
 
-from dfgan.data import builtin  # noqa: F401
+from dfgan.data import builtin, coco_json, dfgan_layout, folder  # noqa: F401  (dfgan_layout: birds, coco)
