@@ -19,6 +19,9 @@ from dfgan.registry import (
 )
 
 
+NEEDS = {"words": "word embeddings"}  # what a requires/provides token means, for messages
+
+
 def _lookup(errors: list[str], field: str, registry: Registry, name: str):
     try:
         return registry.entry(name)
@@ -53,12 +56,25 @@ def check_compatibility(spec) -> None:
             continue
         for need in sorted(e.requires - provided):
             givers = [n for n, r in _providers(need)]
+            chosen = ", ".join(f"{f}='{x.name}'" for f, x in entries.items() if x is not None and f != field
+                               and _axis_could_provide(x, need))
             errors.append(
-                f"{field}: '{e.name}' requires {need.replace('_', ' ')}, which no chosen component provides"
+                f"{field}: '{e.name}' requires {NEEDS.get(need, need)}, which no chosen component provides"
+                + (f" (chosen: {chosen})" if chosen else "")
                 + (f"; components that provide it: {', '.join(givers)}" if givers else "")
             )
     if errors:
         raise SpecError("incompatible spec:\n  " + "\n  ".join(errors))
+
+
+def _axis_could_provide(entry, need: str) -> bool:
+    """Whether some component of ``entry``'s axis provides ``need`` (so that choice is worth naming)."""
+    from dfgan.registry import ALL
+
+    for reg in ALL.values():
+        if entry.name in reg and reg.entry(entry.name) is entry:
+            return any(need in reg.entry(n).provides for n in reg.names())
+    return False
 
 
 def _providers(need: str):

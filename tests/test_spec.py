@@ -53,7 +53,7 @@ def test_requirement_checked_before_work():
         with pytest.raises(SpecError) as e:
             load_spec("full", overrides=["model.fusion.name=_needs_words_test",
                                          "model.text_encoder.name=_no_words_test"])
-        assert "model.fusion.name" in str(e.value) and "requires words" in str(e.value)
+        assert "model.fusion.name" in str(e.value) and "requires word embeddings" in str(e.value)
         assert "text_encoder 'damsm'" in str(e.value)
     finally:
         FUSIONS._entries.pop("_needs_words_test")

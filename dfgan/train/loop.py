@@ -89,9 +89,14 @@ class SampleGrid:
         words, sent = self.conditioner.encode(self.caps, self.lens)
         mask = (self.caps == 0).to(self.device)
         rows = []
-        for z in self.noise:
-            zz = z[None].expand(len(self.captions), -1).to(self.device)
-            rows.append(last_stage(generator(zz, sent, words, mask)).float().cpu())
+        was_training = generator.training
+        generator.eval()  # batch-norm fusions (cbn) use running statistics when sampling
+        try:
+            for z in self.noise:
+                zz = z[None].expand(len(self.captions), -1).to(self.device)
+                rows.append(last_stage(generator(zz, sent, words, mask)).float().cpu())
+        finally:
+            generator.train(was_training)
         save_caption_grid(torch.cat(rows), self.captions, path, nrow=len(self.captions))
         return path
 
