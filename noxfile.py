@@ -55,6 +55,13 @@ def ablation(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def report(session: nox.Session) -> None:
+    """Tables and figures of a study: ``nox -s report -- --study component_table`` (goes to ``dfgan report``)."""
+    _venv(session)
+    session.run(PY, "-m", "dfgan", "report", *session.posargs, external=True)
+
+
+@nox.session(default=False)
 def train(session: nox.Session) -> None:
     """One training run: ``nox -s train -- --variant full train.steps=500``."""
     _venv(session)

@@ -1,0 +1,152 @@
+"""``dfgan ablate``, ``dfgan search`` and ``dfgan report``: studies, hyperparameter search, tables and figures."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from dfgan.cli import command
+
+
+def _storage_args(p) -> None:
+    p.add_argument("--storage", help="Optuna storage: sqlite:///x.db (default: sqlite:///<train.out_dir>/studies.db), "
+                   "any SQLAlchemy URL (postgresql://... for many hosts) or journal:///path/study.log "
+                   "(several processes on one host or a shared file system)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 (default: "
+                   "$MLFLOW_TRACKING_URI or sqlite:///<train.out_dir>/mlflow.db)")
+
+
+def _progress_flag(p) -> None:
+    p.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=None,
+                   help="per-step progress bars inside each cell (default: when stderr is a terminal)")
+
+
+# ---- ablate -----------------------------------------------------------------------------------------------------
+@command("ablate", "run a study: variants x seeds through Optuna (resumable, shareable by several workers)")
+def _ablate_args(p):
+    p.add_argument("--study", help="study name: Optuna study, MLflow experiment and report folder; a study file "
+                   "ablations/studies/NAME.yaml is used when it exists (default: component_table, or the "
+                   "variants joined by '+')")
+    p.add_argument("--definition", help="study file (name under ablations/studies or a path) when it differs "
+                   "from --study")
+    p.add_argument("--variants", help="comma list of variants (a grid study); overrides the study file's")
+    p.add_argument("--variant", "-v", help="train this one variant once: --variants X --seeds 1 (seed from the spec)")
+    p.add_argument("--seeds", help="number of seeds (N: the spec's train.seed, +1, ...) or a comma list")
+    p.add_argument("--max-cells", type=int, help="stop after this many cells in this invocation")
+    p.add_argument("--dry-run", action="store_true", help="list the cells, their spec hashes and states; run nothing")
+    _storage_args(p)
+    _progress_flag(p)
+    p.add_argument("overrides", nargs="*", metavar="key.path=value",
+                   help="overrides for every cell, part of each spec hash (e.g. train.steps=300 model.nf=16)")
+    return _ablate
+
+
+def plan_from_args(args):
+    from dfgan.spec import SpecError
+    from dfgan.studies import DEFAULT_STUDY, adhoc_definition, load_study_definition, parse_seeds, plan_study
+    from dfgan.studies.definition import study_path
+
+    if args.variant and args.variants:
+        raise SpecError("give --variant or --variants, not both")
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    variants = [args.variant] if args.variant else (
+        [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None)
+    if args.variant and seeds is None:
+        seeds = 1
+    if variants:
+        name = args.study or "+".join(variants)
+        definition = adhoc_definition(name, variants, seeds or 1)
+        if args.definition:
+            raise SpecError("--definition goes with a study file, not with --variants")
+    else:
+        source = args.definition or args.study or DEFAULT_STUDY
+        if not args.definition and args.study and not study_path(args.study).is_file():
+            raise SpecError(f"study '{args.study}' has no file ablations/studies/{args.study}.yaml: give "
+                            "--variants a,b (or --definition NAME)")
+        definition = load_study_definition(source)
+        name = args.study or definition.name
+    return plan_study(definition, name=name, seeds=seeds, overrides=args.overrides)
+
+
+def _ablate(args) -> int:
+    from dfgan.studies import run_study, study_status
+
+    plan = plan_from_args(args)
+    if args.dry_run:
+        rows = study_status(plan, args.storage)
+        print(f"study '{plan.name}' ({plan.definition.kind}): {len(rows)} cells, grid {plan.grid}, "
+              f"overrides: {' '.join(plan.overrides) or '(none)'}")
+        for r in rows:
+            err = f"  ({r['error'].splitlines()[0][:100]})" if r["error"] else ""
+            print(f"  {r['cell']:40s} seed={r['seed']:<5d} {r['spec_hash']}  {r['status']}{err}")
+        return 0
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    out = run_study(plan, storage_url=args.storage, tracking_uri=args.tracking_uri, max_cells=args.max_cells,
+                    progress=progress)
+    print(f"report: dfgan report --study {plan.name}"
+          + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
+    return 1 if out.failed else 0
+
+
+# ---- search -----------------------------------------------------------------------------------------------------
+@command("search", "hyperparameter search (TPE, pruned on the periodic metric); exports the best as a variant")
+def _search_args(p):
+    p.add_argument("--study", required=True, help="Optuna study and MLflow experiment name")
+    p.add_argument("--variant", "-v", default="full", help="variant to tune (default: full)")
+    p.add_argument("--params", action="append", required=True,
+                   help='searched fields, e.g. "train.lr_g=loguniform(1e-5,1e-3),model.regulariser.k=uniform(0.5,4),'
+                        'model.nf=choice(16,32)"; distributions: uniform, loguniform, int, logint, choice')
+    p.add_argument("--trials", type=int, default=20, help="finished trials wanted in the study (default 20)")
+    p.add_argument("--metric", default="attr_acc", help="objective: a metric the runs log (default attr_acc)")
+    p.add_argument("--direction", default="maximize", choices=["maximize", "minimize"])
+    p.add_argument("--pruner", default="median", choices=["median", "none"])
+    p.add_argument("--seed", type=int, help="TPE sampler seed (default: random)")
+    p.add_argument("--export", help="where to write the best spec (default ablations/variants/<study>_best.yaml)")
+    _storage_args(p)
+    _progress_flag(p)
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides for every trial")
+    return _search
+
+
+def _search(args) -> int:
+    from dfgan.studies import parse_params, run_search
+
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    out = run_search(study=args.study, variant=args.variant, params=parse_params(args.params),
+                     n_trials=args.trials, metric=args.metric, direction=args.direction, overrides=args.overrides,
+                     storage_url=args.storage, tracking_uri=args.tracking_uri, pruner=args.pruner,
+                     export=args.export, sampler_seed=args.seed, progress=progress)
+    print(json.dumps({"study": out.study, "complete": out.complete, "pruned": out.pruned, "failed": out.failed,
+                      "best_trial": out.best_trial, "best_value": out.best_value, "best": out.best_values,
+                      "exported": str(out.exported) if out.exported else None}, indent=2))
+    return 0 if out.complete else 1
+
+
+# ---- report -----------------------------------------------------------------------------------------------------
+@command("report", "tables (Markdown + LaTeX) and figures of a study, read from MLflow, into reports/<study>/")
+def _report_args(p):
+    p.add_argument("--study", required=True, help="study (= MLflow experiment) name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                   "sqlite:///runs/mlflow.db)")
+    p.add_argument("--out", default="reports", help="output folder; the report goes to OUT/<study>/")
+    p.add_argument("--metric", help="primary metric (default: the study file's, else the first quality metric)")
+    p.add_argument("--reference", help="row that differences are taken against (default: the study's, else full)")
+    p.add_argument("--overrides-set", help="which set of common overrides to report when the study ran under "
+                   "several (default: the most recent); 'all' mixes them (not advised)")
+    p.add_argument("--benchmarks", help="throughput records (default: reports/benchmarks.json if present)")
+    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    return _report
+
+
+def _report(args) -> int:
+    from dfgan.reports import build_report
+
+    rep = build_report(args.study, tracking_uri=args.tracking_uri, out_dir=args.out, metric=args.metric,
+                       reference=args.reference, overrides_set=args.overrides_set, benchmarks=args.benchmarks,
+                       n_boot=args.bootstrap)
+    print(f"report written to {rep.folder}")
+    for f in rep.files:
+        print(f"  {f}")
+    for n in rep.notes:
+        print(f"note: {n}")
+    return 0

@@ -1,0 +1,251 @@
+"""Studies: definitions, storage URLs, a tiny two-variant two-seed study that is interrupted, fails a cell and
+resumes, the single-variant command, and the hyperparameter search with pruning and export."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import dfgan.metrics
+from dfgan.spec import SpecError, load_spec
+from dfgan.studies import (
+    adhoc_definition,
+    load_study_definition,
+    open_storage,
+    parse_params,
+    parse_seeds,
+    plan_study,
+    run_search,
+    run_study,
+    study_status,
+)
+from dfgan.studies.definition import resolve_seeds
+from dfgan.studies.storage import describe_storage
+from dfgan.train import loop
+
+TINY = ["model.nf=4", "data.imsize=32", "train.steps=2", "model.text_encoder.pretrain_steps=2",
+        "data.n_train=64", "data.n_test=16", "train.batch_size=8", "train.threads=1"]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("DFGAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return {"out": tmp_path / "runs", "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+            "overrides": [*TINY, f"train.out_dir={tmp_path / 'runs'}"]}
+
+
+# ---- definitions and plans (no training) -------------------------------------------------------------------------
+def test_study_files_define_the_paper_tables():
+    comp = load_study_definition("component_table")
+    labels = [c.label for c in comp.cells()]
+    assert comp.kind == "cumulative" and labels[0] == "baseline" and labels[-1] == "full" and len(labels) == 5
+    # each row adds exactly one component to the previous one (the paper's cumulative order)
+    specs = [load_spec(v, overrides=["model.nf=4"]) for v in labels]
+    for prev, cur in zip(specs, specs[1:], strict=False):
+        a, b = prev.model.model_dump(), cur.model.model_dump()
+        assert sum(a[k] != b[k] for k in a) == 1, (prev.name, cur.name)
+
+    fac = load_study_definition("factorial")
+    plan = plan_study(fac, seeds=1, overrides=["model.nf=4"])
+    assert len(plan.entries) == 16 and len({e.hash for e in plan.entries}) == 16
+    first = plan.entries[0]
+    assert first.cell.label == "one_stage-one_way-ma_gp-dfblock"
+    full = plan_study(adhoc_definition("x", ["full"], 1), overrides=["model.nf=4"]).entries[0]
+    assert first.spec.model == full.spec.model  # DF-GAN = the first level of every axis
+    by_label = {e.cell.label: e.spec for e in plan.entries}
+    s = by_label["stacked-two_way-none-cross_attention"]
+    assert (s.model.backbone, s.model.head, s.model.regulariser.name, s.model.fusion.name) == \
+        ("stacked", "two_way", "none", "cross_attention")
+    assert dict(plan.entries[5].cell.factors).keys() == {"backbone", "head", "regulariser", "fusion"}
+
+
+def test_plan_seeds_overrides_and_errors(tmp_path):
+    d = adhoc_definition("t", ["full", "no_magp"], 2)
+    p1 = plan_study(d, overrides=["model.nf=4", f"train.out_dir={tmp_path}"])
+    assert p1.seeds == [100, 101]  # from the spec's own seed (DF-GAN: 100)
+    assert {e.spec.train.seed for e in p1.entries} == {100, 101}
+    assert all(e.spec.tracking.experiment == "t" for e in p1.entries)
+    assert all(Path(e.spec.train.out_dir) == tmp_path / "studies" / "t" for e in p1.entries)
+    p2 = plan_study(d, overrides=["model.nf=8", f"train.out_dir={tmp_path}"])
+    assert p1.grid != p2.grid and not ({e.hash for e in p1.entries} & {e.hash for e in p2.entries})
+    assert plan_study(d, overrides=["model.nf=4", f"train.out_dir={tmp_path}"]).grid == p1.grid
+    assert resolve_seeds([7, 3], 100) == [7, 3] and parse_seeds("3") == 3 and parse_seeds("1,5") == [1, 5]
+    with pytest.raises(SpecError, match="no_such_variant.*full"):
+        plan_study(adhoc_definition("t", ["no_such_variant"], 1))
+    with pytest.raises(SpecError, match="seeds"):
+        parse_seeds("three")
+    with pytest.raises(SpecError, match="(?s)variant 'full'.*model.nf"):
+        plan_study(d, overrides=["model.nf=0"])
+    with pytest.raises(SpecError, match="(?s)cell 'cross_attention'.*requires word"):
+        plan_study(adhoc_definition("t", ["full", "cross_attention"], 1),
+                   overrides=["model.text_encoder.name=sentence_transformer"])
+
+
+def test_storage_urls(tmp_path):
+    journal = open_storage(f"journal://{tmp_path}/j/study.log")
+    assert isinstance(journal, optuna.storages.JournalStorage)
+    optuna.create_study(study_name="s", storage=journal)
+    assert (tmp_path / "j" / "study.log").is_file()
+    assert isinstance(open_storage(f"sqlite:///{tmp_path}/a/b.db"), optuna.storages.RDBStorage)
+    with pytest.raises(ValueError, match="SQLAlchemy URL"):
+        open_storage(str(tmp_path / "x.db"))
+    assert "secret" not in describe_storage("postgresql://me:secret@db.example/optuna")
+
+
+def test_parse_search_params():
+    ps = parse_params("train.lr_g=loguniform(1e-5,1e-3),model.regulariser.k=uniform(0.5,4),model.nf=choice(16,32)")
+    assert [(p.key, p.kind, p.args) for p in ps] == [
+        ("train.lr_g", "loguniform", (1e-5, 1e-3)), ("model.regulariser.k", "uniform", (0.5, 4)),
+        ("model.nf", "choice", (16, 32))]
+    for bad, msg in [("train.lr_g=normal(0,1)", "unknown distribution"), ("train.lr_g=uniform(2,1)", "below"),
+                     ("train.lr_g=loguniform(0,1)", "low > 0"), ("lr", "cannot read")]:
+        with pytest.raises(SpecError, match=msg):
+            parse_params(bad)
+
+
+# ---- a tiny real study -----------------------------------------------------------------------------------------
+def _cell_runs(uri: str, study: str):
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[study], filter_string="tags.role = 'cell'")
+
+
+def test_study_interrupted_failing_cell_resumes_and_retries(env, monkeypatch):
+    """2 variants x 2 seeds. Invocation 1 stops after 2 cells; invocation 2 runs only the 2 missing ones, one of
+    which fails inside training; invocation 3 retries only that one; invocation 4 has nothing to do."""
+    plan = plan_study(adhoc_definition("tiny", ["full", "no_magp"], 2), overrides=env["overrides"])
+    trained: list[str] = []
+    real_train, real_reg = loop.train, loop.build_regulariser
+    fail_once: dict[str, str] = {}
+
+    def counting_train(spec, **kw):
+        trained.append(spec.hash())
+        return real_train(spec, **kw)
+
+    def maybe_failing_regulariser(spec):  # runs after the MLflow run started: a failure inside training
+        if fail_once.pop(spec.hash(), None):
+            raise RuntimeError(f"injected failure for {spec.name} seed {spec.train.seed}")
+        return real_reg(spec)
+
+    monkeypatch.setattr(loop, "train", counting_train)
+    monkeypatch.setattr(loop, "build_regulariser", maybe_failing_regulariser)
+    kw = dict(storage_url=env["storage"], tracking_uri=env["uri"], echo=lambda s: None)
+
+    out1 = run_study(plan, max_cells=2, **kw)
+    assert len(out1.trained) == 2 and len(out1.remaining) == 2 and len(set(trained)) == 2
+    first = set(trained)
+    missing = {e.hash for e in plan.entries} - first
+    status = {r["spec_hash"]: r["status"] for r in study_status(plan, env["storage"])}
+    assert {h for h, s in status.items() if s == "done"} == first
+
+    trained.clear()
+    victim = sorted(missing)[0]
+    fail_once[victim] = "yes"
+    out2 = run_study(plan, **kw)
+    assert set(trained) == missing and len(trained) == 2  # only the missing cells ran
+    assert len(out2.failed) == 1 and len(out2.trained) == 1
+    study = optuna.load_study(study_name="tiny", storage=open_storage(env["storage"]))
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["spec_hash"] == victim
+    assert "injected failure" in failed[0].user_attrs["error"]
+    runs = _cell_runs(env["uri"], "tiny")
+    bad = runs[runs["status"] == "FAILED"]
+    assert len(bad) == 1 and "injected failure" in bad["tags.error"].iloc[0]
+
+    trained.clear()
+    out3 = run_study(plan, **kw)
+    assert trained == [victim] and len(out3.requeued) == 1 and out3.remaining == []
+
+    trained.clear()
+    out4 = run_study(plan, **kw)
+    assert trained == [] and out4.trained == [] and out4.remaining == []
+
+    # MLflow: every cell once, FINISHED, nested under an invocation run, with the study tags
+    runs = _cell_runs(env["uri"], "tiny")
+    fin = runs[runs["status"] == "FINISHED"]
+    assert sorted(fin["tags.spec_hash"]) == sorted(e.hash for e in plan.entries)
+    assert sorted(zip(fin["tags.variant"], fin["tags.seed"].astype(int), strict=True)) == \
+        sorted((e.cell.label, e.seed) for e in plan.entries)
+    assert set(fin["tags.study"]) == {"tiny"} and fin["tags.trial"].notna().all()
+    parents = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.role = 'invocation'")
+    assert len(parents) == 3  # invocations that trained something
+    assert set(fin["tags.mlflow.parentRunId"]) <= set(parents["run_id"])
+    assert (parents["status"] == "FINISHED").all()
+    trial_states = [t.state for t in optuna.load_study(study_name="tiny", storage=open_storage(env["storage"])).trials]
+    assert trial_states.count(TrialState.COMPLETE) == 4
+
+    # the report of this study: one row per variant, values = the runs' own final losses
+    from dfgan.reports import build_report
+
+    rep = build_report("tiny", tracking_uri=env["uri"], out_dir=env["out"] / "reports", n_boot=500)
+    t1 = rep.tables["table1_variants"].frame
+    assert list(t1["variant"]) == ["full", "no_magp"] and list(t1["seeds"]) == [2, 2]
+    for v in ("full", "no_magp"):
+        mean = fin.loc[fin["tags.variant"] == v, "metrics.loss_g"].mean()
+        assert t1.loc[t1["variant"] == v, "loss_g"].iloc[0].startswith(f"{mean:.4g}")
+    assert (rep.folder / "table2_differences.tex").read_text().count("no\\_magp") == 1
+    assert all(p.is_file() and p.stat().st_size > 0 for p in rep.files)
+
+
+def test_single_variant_command(env):
+    """`dfgan ablate --variant no_magp` (what `nox -s ablation -- --variant no_magp` runs): one cell, the
+    spec's own seed, a FINISHED MLflow run."""
+    from dfgan.cli import main
+
+    rc = main(["ablate", "--variant", "no_magp", "--storage", env["storage"], "--tracking-uri", env["uri"],
+               "--no-progress", *env["overrides"]])
+    assert rc == 0
+    runs = _cell_runs(env["uri"], "no_magp")
+    assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED"
+    assert runs["tags.seed"].iloc[0] == "100" and runs["params.model.regulariser.name"].iloc[0] == "none"
+
+
+def test_search_reports_prunes_and_exports(env, monkeypatch, tmp_path):
+    """TPE over lr_g; a stand-in periodic metric (peaked at lr_g = 1e-4) reaches the trials through the
+    training loop's on_eval hook; the median pruner stops the worse ones; the best becomes a variant file."""
+
+    def score(spec):
+        return -abs(math.log10(spec.train.lr_g) + 4.0)
+
+    def fake_eval(spec, gan, conditioner, dataset, device, tracker, step, run_dir):
+        values = {"fake_score": score(spec)}
+        tracker.metrics(values, step)
+        return values
+
+    monkeypatch.setattr(dfgan.metrics, "evaluate_during_training", fake_eval, raising=False)
+    export = tmp_path / "tuned_best.yaml"
+    over = [*env["overrides"], "train.steps=4", "eval.interval=1", "eval.metrics=[fake_score]"]
+    out = run_search(study="tune", variant="full", params=parse_params("train.lr_g=loguniform(1e-6,1e-2)"),
+                     n_trials=4, metric="fake_score", direction="maximize", overrides=over,
+                     storage_url=env["storage"], tracking_uri=env["uri"], export=export, sampler_seed=3,
+                     echo=lambda s: None)
+    study = optuna.load_study(study_name="tune", storage=open_storage(env["storage"]))
+    trials = study.trials
+    assert out.complete + out.pruned == 4 and out.pruned >= 1
+    for t in trials:  # every trial got the periodic values through the hook
+        assert sorted(t.intermediate_values)[:1] == [1]
+        assert all(v == pytest.approx(-abs(math.log10(t.params["train.lr_g"]) + 4.0))
+                   for v in t.intermediate_values.values())
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    for t in trials:
+        if t.state == TrialState.PRUNED:  # pruned below the median of the earlier trials at that step
+            step = max(t.intermediate_values)
+            earlier = sorted(c.intermediate_values[step] for c in trials
+                             if c.number < t.number and step in c.intermediate_values)
+            assert t.intermediate_values[step] < earlier[len(earlier) // 2] + 1e-12 or len(earlier) < 2
+    best = max(complete, key=lambda t: t.value)
+    assert out.best_trial == best.number
+    exported = yaml.safe_load(export.read_text())
+    assert exported["extends"] == "full"
+    assert exported["train"]["lr_g"] == pytest.approx(best.params["train.lr_g"])
+    assert load_spec(spec_file=export).train.lr_g == pytest.approx(best.params["train.lr_g"])
+    runs = _cell_runs(env["uri"], "tune")
+    pruned_runs = runs[runs.get("tags.pruned", "") == "true"]
+    assert len(pruned_runs) == out.pruned and (pruned_runs["status"] == "KILLED").all()
