@@ -1,0 +1,113 @@
+"""Read a study back from MLflow: its finished cell runs, their metric histories and its invocations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+ROLE_CELL = "cell"
+ROLE_INVOCATION = "invocation"
+
+
+@dataclass
+class StudyData:
+    """Everything a report needs, as DataFrames (one row per run; ``metrics.*``, ``params.*``, ``tags.*``)."""
+
+    study: str
+    uri: str
+    experiment_id: str
+    cells: pd.DataFrame  # FINISHED cell runs of the chosen overrides set, one per (variant, seed)
+    other_cells: pd.DataFrame  # cell runs left out (not finished, replaced, other overrides sets)
+    invocations: pd.DataFrame
+    overrides_set: str | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def variants(self) -> list[str]:
+        return list(dict.fromkeys(self.cells["variant"]))
+
+    def metric_names(self) -> list[str]:
+        cols = [c[len("metrics."):] for c in self.cells.columns if c.startswith("metrics.")]
+        return [c for c in cols if self.cells[f"metrics.{c}"].notna().any()]
+
+    def tag(self, name: str) -> pd.Series:
+        col = f"tags.{name}"
+        return self.cells[col] if col in self.cells else pd.Series([None] * len(self.cells), index=self.cells.index)
+
+
+class NoRunsError(ValueError):
+    """The study has no finished cell runs at this tracking URI."""
+
+
+def _search(uri: str, study: str, role: str) -> pd.DataFrame:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[study], filter_string=f"tags.role = '{role}'", max_results=50000)
+
+
+def collect(study: str, uri: str, overrides_set: str | None = None) -> StudyData:
+    """Finished cell runs of ``study``; of several runs of one (variant, seed), the latest counts.
+
+    A study run at several sets of common overrides (e.g. first at 200 steps, then at 2000) is several
+    studies in one experiment: by default the set of the most recent run is reported, the others are named
+    in a note; ``overrides_set='all'`` mixes them.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(study)
+    if exp is None:
+        known = sorted(e.name for e in mlflow.search_experiments())
+        raise NoRunsError(f"no MLflow experiment '{study}' at {uri}; experiments there: {known}")
+    runs = _search(uri, study, ROLE_CELL)
+    invocations = _search(uri, study, ROLE_INVOCATION)
+    notes: list[str] = []
+    if runs.empty:
+        raise NoRunsError(f"experiment '{study}' at {uri} has no cell runs (tag role=cell)")
+    runs = runs.copy()
+    runs["variant"] = runs["tags.variant"]
+    runs["seed"] = pd.to_numeric(runs.get("tags.seed"), errors="coerce").astype("Int64")
+    if "tags.overrides" not in runs:
+        runs["tags.overrides"] = ""
+    runs["tags.overrides"] = runs["tags.overrides"].fillna("")
+    finished = runs[runs["status"] == "FINISHED"].sort_values("end_time")
+    if finished.empty:
+        raise NoRunsError(f"experiment '{study}' has no FINISHED cell runs ({len(runs)} others)")
+    chosen = overrides_set
+    if overrides_set in (None, "latest"):
+        chosen = finished["tags.overrides"].iloc[-1]
+    if chosen != "all":
+        sets = sorted(set(finished["tags.overrides"]) - {chosen})
+        if chosen not in set(finished["tags.overrides"]):
+            raise NoRunsError(f"no finished runs with overrides '{chosen}'; sets present: "
+                              f"{sorted(set(finished['tags.overrides']))}")
+        if sets:
+            notes.append(f"{len(sets)} other set(s) of common overrides exist in this experiment and are left "
+                         f"out (choose with --overrides-set): " + "; ".join(f"'{s}'" for s in sets))
+        finished = finished[finished["tags.overrides"] == chosen]
+    latest = finished.drop_duplicates(subset=["variant", "seed"], keep="last")
+    replaced = len(finished) - len(latest)
+    if replaced:
+        notes.append(f"{replaced} older finished run(s) of the same (variant, seed) were replaced by the latest")
+    other = runs[~runs["run_id"].isin(latest["run_id"])]
+    n_failed = int((other["status"] == "FAILED").sum())
+    if n_failed:
+        notes.append(f"{n_failed} failed cell run(s) are not in the tables (their errors are in MLflow, tag 'error')")
+    return StudyData(study, uri, exp.experiment_id, latest.reset_index(drop=True), other.reset_index(drop=True),
+                     invocations, None if chosen == "all" else chosen, notes)
+
+
+def metric_history(data: StudyData, keys: list[str]) -> pd.DataFrame:
+    """Long table (variant, seed, run_id, metric, step, value) of every logged value of ``keys``."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(data.uri)
+    rows = []
+    for _, r in data.cells.iterrows():
+        for key in keys:
+            for m in client.get_metric_history(r["run_id"], key):
+                rows.append({"variant": r["variant"], "seed": r["seed"], "run_id": r["run_id"], "metric": key,
+                             "step": m.step, "value": m.value})
+    return pd.DataFrame(rows, columns=["variant", "seed", "run_id", "metric", "step", "value"])

@@ -1,0 +1,187 @@
+"""Reports from MLflow: statistics (bootstrap differences, factorial effects) and the generated tables, LaTeX,
+figures and provenance, on synthetic cell runs with known values (the end-to-end path from a real tiny study
+is covered in test_studies.py)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from dfgan.reports import NoRunsError, build_report
+from dfgan.reports.metric_names import choose_metric, quality_columns
+from dfgan.reports.stats import bootstrap_diff, factorial_effects
+from dfgan.reports.tables import latex_escape
+
+SEEDS = (100, 101, 102)
+# final attr_acc per seed; 'worse' is clearly below full, 'same' differs from full by noise only
+FINAL = {"full": (0.80, 0.82, 0.81), "worse": (0.50, 0.55, 0.52), "same": (0.81, 0.79, 0.83)}
+
+
+def _log(client: MlflowClient, exp_id: str, tags: dict, metrics: dict[str, dict[int, float]],
+         params: dict, status: str = "FINISHED") -> str:
+    run = client.create_run(exp_id, tags={k: str(v) for k, v in tags.items()})
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id,
+                     metrics=[Metric(k, v, now, s) for k, hist in metrics.items() for s, v in hist.items()],
+                     params=[Param(k, str(v)) for k, v in params.items()])
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def _cell_tags(study, kind, variant, seed, parent):
+    return {"role": "cell", "study": study, "study_kind": kind, "variant": variant, "seed": seed,
+            "spec_hash": f"h-{variant}-{seed}", "dataset": "builtin", "dataset_hash": "data123", "fusion": "dfblock",
+            "nop_trainable": 1000 + len(variant), "nop_paper": 5000, "protocol.attr_acc": "classifier-v1",
+            "git_commit": "abc123", "device": "cpu", "overrides": "model.nf=4", "mlflow.parentRunId": parent,
+            "trial": seed - 100}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """One MLflow database for the module (creating one costs seconds): a 'synth' cumulative study with known
+    values, and a 'factorial' study over the study file's 16 cells where only the regulariser matters."""
+    tmp = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("synth", artifact_location=(tmp / "art").as_uri())
+    parent = client.create_run(exp, tags={"role": "invocation", "study": "synth", "cells": "worse,same,full",
+                                          "command": "dfgan ablate --study synth", "hw.cpu": "test-cpu"}).info.run_id
+    # an older run of (full, 100) with another value: the latest finished one must win
+    _log(client, exp, _cell_tags("synth", "cumulative", "full", 100, parent), {"attr_acc": {3: 0.1}},
+         {"data.imsize": 32, "model.nf": 4})
+    for variant, finals in FINAL.items():
+        for seed, final in zip(SEEDS, finals, strict=True):
+            hist = {1: final / 3, 2: final / 2, 3: final}
+            _log(client, exp, _cell_tags("synth", "cumulative", variant, seed, parent),
+                 {"attr_acc": hist, "loss_g": {3: 1.0}}, {"data.imsize": 32, "model.nf": 4})
+    _log(client, exp, {**_cell_tags("synth", "cumulative", "worse", 103, parent), "error": "boom"},
+         {"loss_g": {1: 1.0}}, {}, status="FAILED")
+    client.set_terminated(parent, "FINISHED")
+
+    from dfgan.studies import load_study_definition, plan_study
+
+    fexp = client.create_experiment("factorial", artifact_location=(tmp / "art").as_uri())
+    rng = np.random.default_rng(1)
+    for e in plan_study(load_study_definition("factorial"), seeds=1, overrides=["model.nf=4"]).entries:
+        y = 0.6 + (0.1 if dict(e.cell.factors)["regulariser"] == "ma_gp" else -0.1) + rng.normal(0, 0.01)
+        tags = {**_cell_tags("factorial", "factorial", e.cell.label, e.seed, ""),
+                **{f"factor.{a}": lv for a, lv in e.cell.factors}}
+        tags.pop("mlflow.parentRunId")
+        _log(client, fexp, tags, {"attr_acc": {2: y}}, {"data.imsize": 32, "model.nf": 4})
+    return {"uri": uri, "tmp": tmp}
+
+
+def test_bootstrap_difference():
+    a = {1: 1.0, 2: 1.1, 3: 0.9, 4: 1.05}
+    far = bootstrap_diff(a, {s: v - 0.5 for s, v in a.items()}, n_boot=2000)
+    assert far.paired and far.diff == pytest.approx(0.5) and far.lo == pytest.approx(0.5) and far.excludes_zero
+    noise = bootstrap_diff(a, {1: 1.05, 2: 0.95, 3: 1.0, 4: 1.05}, n_boot=2000)
+    assert noise.lo < 0 < noise.hi and not noise.excludes_zero
+    unpaired = bootstrap_diff({1: 2.0, 2: 2.2}, {5: 1.0, 6: 1.1, 7: 0.9}, n_boot=2000)
+    assert not unpaired.paired and unpaired.diff == pytest.approx(1.1) and 0.9 <= unpaired.lo < unpaired.hi <= 1.3
+    one = bootstrap_diff({1: 2.0}, {1: 1.0})
+    assert one.lo is None and not one.excludes_zero
+
+
+def test_factorial_effects_recover_known_effects():
+    """Effects are estimated within noise, and the 95% intervals cover the true effects ~95% of the time."""
+    axes = {"backbone": ["one_stage", "stacked"], "head": ["one_way", "two_way"],
+            "regulariser": ["ma_gp", "none"], "fusion": ["dfblock", "cross_attention"]}
+    truth = {"backbone": 0.2, "head": 0.1, "regulariser": -0.06, "fusion": 0.0, "backbone x head": 0.04}
+    truth.update({f"{a} x {b}": 0.0 for a, b in itertools.combinations(axes, 2) if f"{a} x {b}" not in truth})
+    cells = list(itertools.product(*axes.values()))
+
+    def simulate(rng):
+        rows = []
+        for levels in cells:
+            x = {a: 1.0 if lv == axes[a][0] else -1.0 for a, lv in zip(axes, levels, strict=True)}
+            mean = 0.5 + sum(truth[a] / 2 * x[a] for a in axes)
+            mean += truth["backbone x head"] / 2 * x["backbone"] * x["head"]
+            for seed in (0, 1):
+                rows.append({**{f"tags.factor.{a}": lv for a, lv in zip(axes, levels, strict=True)},
+                             "metrics.m": mean + rng.normal(0, 0.005), "seed": seed})
+        return factorial_effects(pd.DataFrame(rows), "metrics.m", axes)
+
+    eff = simulate(np.random.default_rng(0))
+    t = eff.table.set_index("term")
+    assert eff.n == 32 and eff.df_resid == 32 - 11 and sorted(t.index) == sorted(truth)
+    for term, value in truth.items():
+        assert t.loc[term, "effect"] == pytest.approx(value, abs=0.01)
+    rng = np.random.default_rng(1)
+    covered = [t.loc[term, "lo"] <= v <= t.loc[term, "hi"]
+               for t in (simulate(rng).table.set_index("term") for _ in range(100)) for term, v in truth.items()]
+    assert 0.92 <= np.mean(covered) <= 0.98
+
+
+def test_metric_choice():
+    assert quality_columns(["loss_g", "fid30k_test_clean", "attr_acc", "attr_acc/colour"]) == \
+        ["attr_acc", "fid30k_test_clean"]
+    assert choose_metric(["loss_g", "fd_attr"], "attr_acc")[0] == "fd_attr"
+    name, why = choose_metric(["loss_g", "loss_d"])
+    assert name == "loss_g" and "NOT measure" in why
+    assert latex_escape("no_magp ± 0.1 Δ") == r"no\_magp $\pm$ 0.1 $\Delta$"
+
+
+def test_report_tables_figures_provenance(synthetic):
+    bench = synthetic["tmp"] / "benchmarks.json"
+    bench.write_text(json.dumps({"benchmarks": [
+        {"name": "test_sampling[full-32]", "group": "sampling",
+         "extra_info": {"variant": "full", "images_per_sec": 123.4, "imsize": 32, "nf": 4, "device": "cpu",
+                        "dtype": "fp32", "batch": 8}},
+        {"name": "test_sampling[worse-256]", "group": "sampling",
+         "extra_info": {"variant": "worse", "images_per_sec": 9.0, "imsize": 256, "nf": 4}}]}))
+    rep = build_report("synth", tracking_uri=synthetic["uri"], out_dir=synthetic["tmp"] / "reports",
+                       benchmarks=str(bench), n_boot=2000)
+    assert rep.metric == "attr_acc"
+    t1 = rep.tables["table1_variants"].frame.set_index("variant")
+    assert list(t1.index) == ["worse", "same", "full"]  # the study's row order
+    full = np.array(FINAL["full"])
+    assert t1.loc["full", "attr_acc ↑"] == f"{full.mean():.4g} ± {full.std(ddof=1):.2g}"  # the old 0.1 run is out
+    assert t1.loc["full", "sampling img/s"].startswith("123.4") and t1.loc["worse", "sampling img/s"] == "–"
+    assert "DF-GAN (paper): CUB FID 14.81" in t1.loc["full", "published (other data/protocol)"]
+    assert t1.loc["worse", "NoP (G+D+heads)"] == "1,005"
+
+    t2 = rep.tables["table2_components"].frame.set_index("variant")
+    col = "Δ attr_acc vs full [95% CI]"
+    worse = np.mean(FINAL["worse"]) - full.mean()
+    assert t2.loc["worse", col].startswith(f"{worse:+.3g} [") and t2.loc["worse", col].endswith("*")
+    assert not t2.loc["same", col].endswith("*")
+    assert t2.loc["full", col] == "(reference)"
+
+    tex = (rep.folder / "table2_components.tex").read_text()
+    assert all(s in tex for s in (r"\toprule", r"\midrule", r"\bottomrule", r"$\Delta$", r"$\pm$"))
+    md = (rep.folder / "table2_components.md").read_text()
+    assert md.count("\n| ") == 4 and "paired over common seeds" in md
+    for fig in ("curves_attr_acc.png", "final_attr_acc.png", "quality_nop_speed.png"):
+        assert (rep.folder / "figures" / fig).stat().st_size > 10_000
+    readme = (rep.folder / "README.md").read_text()
+    for s in ("data123", "h-worse-101", "classifier-v1", "test-cpu", "abc123", "dfgan ablate --study synth"):
+        assert s in readme
+    assert any("replaced by the latest" in n for n in rep.notes) and any("1 failed" in n for n in rep.notes)
+    assert len(pd.read_csv(rep.folder / "runs.csv")) == 9
+
+
+def test_report_without_benchmarks_or_quality_metric(synthetic, monkeypatch):
+    monkeypatch.chdir(synthetic["tmp"])  # no reports/benchmarks.json here
+    rep = build_report("synth", tracking_uri=synthetic["uri"], out_dir="out", metric="loss_g", n_boot=200)
+    assert "sampling img/s" not in rep.tables["table1_variants"].frame
+    assert any("omitted, no benchmark record" in n for n in rep.tables["table1_variants"].notes)
+    with pytest.raises(NoRunsError, match="no MLflow experiment 'nope'.*synth"):
+        build_report("nope", tracking_uri=synthetic["uri"], out_dir="out")
+
+
+def test_factorial_report(synthetic):
+    """A factorial study (the study file's axes) read from MLflow: the effects table and its figure."""
+    rep = build_report("factorial", tracking_uri=synthetic["uri"], out_dir=synthetic["tmp"] / "reports", n_boot=200)
+    eff = rep.tables["factorial_effects"].frame.set_index("term")
+    assert float(eff.loc["regulariser", "effect on attr_acc"]) == pytest.approx(0.2, abs=0.03)
+    assert eff.loc["regulariser", ""] == "*" and eff.loc["backbone", ""] == ""
+    assert len(rep.tables["table1_variants"].frame) == 16
+    assert (rep.folder / "figures" / "factorial_effects.png").is_file()
