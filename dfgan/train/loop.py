@@ -282,6 +282,8 @@ def _evaluate(spec, gan, conditioner, dataset, device, tracker, step, run_dir, d
         return
     from dfgan.metrics import evaluate_during_training
 
-    values = evaluate_during_training(spec, gan, conditioner, dataset, device, tracker, step, run_dir)
-    if on_eval is not None:
-        on_eval(step, dict(values) if isinstance(values, dict) else {})
+    records = evaluate_during_training(spec, gan, conditioner, dataset, device, tracker, step, run_dir)
+    if on_eval is not None:  # records: [{"metric": name, "value": v, ...}] (or already {name: v})
+        values = dict(records) if isinstance(records, dict) else \
+            {r["metric"]: float(r["value"]) for r in records or () if "metric" in r and "value" in r}
+        on_eval(step, values)
