@@ -69,6 +69,20 @@ def train(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def benchmark(session: nox.Session) -> None:
+    """Throughput suites (benchmarks/) -> reports/benchmarks.json, reports/benchmarks.md and figures.
+
+    Arguments after -- go to pytest: ``-- --bench-profile smoke`` (does every suite run?),
+    ``-- --bench-threads 1`` (steadier ratios on a shared CPU), ``-- -k targets`` (headline comparisons only).
+    """
+    _venv(session)
+    out = ROOT / "reports" / "benchmarks.json"
+    session.run(PY, "-m", "pytest", "benchmarks/", "-p", "no:xdist", "-q", f"--benchmark-json={out}",
+                *session.posargs, external=True, env=MALLOC_ENV)
+    session.run(PY, "-m", "benchmarks.report", str(out), external=True)
+
+
+@nox.session(default=False)
 def lint(session: nox.Session) -> None:
     _venv(session)
     session.run(PY, "-m", "ruff", "check", ".", external=True)

@@ -162,7 +162,7 @@ class SampleWorkload:
     def __call__(self):
         b = self.batch
         ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else _null()
-        with torch.inference_mode(), ctx:
+        with torch.no_grad(), ctx:  # (inference_mode hides conv/linear from the FLOP counter)
             out = self.G(b.noise, b.sentence, b.words, b.mask)
         sync(self.device)
         return out
@@ -238,13 +238,27 @@ def ratio_report(times: dict[str, Timings], baseline: str) -> dict[str, Any]:
 
 # ---- FLOPs, peaks and memory -------------------------------------------------------------------------------------
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of ``fn`` (``torch.utils.flop_counter``: matmuls and convolutions, forward and
-    backward; elementwise work is not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one call of ``fn``: torch's FLOP formulas (``torch.utils.flop_counter.flop_registry``:
+    matmuls, convolutions, attention; forward and backward, double backward included; elementwise work is
+    not counted). ``FlopCounterMode`` itself cannot be used here: its module tracker hooks break
+    ``autograd.grad`` on leaf inputs, which MA-GP needs; this mode applies the same formulas without it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
 
-    with FlopCounterMode(display=False) as counter:
+    class _Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                _Count.total += int(formula(*args, **kwargs, out_val=out))
+            return out
+
+    with _Count():
         fn()
-    return int(counter.get_total_flops())
+    return _Count.total
 
 
 def matmul_peak(dtype: torch.dtype, device, n: int = 2048, reps: int = 5) -> dict[str, float]:
@@ -290,3 +304,28 @@ def peak_memory(fn: Callable[[], Any], device) -> dict[str, Any]:
         run += delta
         peak = max(peak, run)
     return {"peak_bytes": int(peak), "method": "torch.profiler memory events (running sum of allocations)"}
+
+
+def rates(flops: int, seconds: float, images: int, peak_flops_per_s: float) -> dict[str, float]:
+    """Images/s, calls/s, achieved FLOP/s and its fraction of the measured matmul peak of the precision."""
+    return {"seconds": seconds, "calls_per_s": 1.0 / seconds, "images_per_s": images / seconds,
+            "gflop_per_call": flops / 1e9, "gflop_per_image": flops / images / 1e9,
+            "achieved_gflop_per_s": flops / seconds / 1e9,
+            "fraction_of_peak": flops / seconds / peak_flops_per_s if peak_flops_per_s else float("nan")}
+
+
+def peak_for(speed_or_precision: str, peaks: dict[str, dict]) -> float:
+    """The matmul peak that bounds a configuration: bf16 for the ``fast``/bf16 ones, else fp32."""
+    key = "bf16" if speed_or_precision in ("fast", "bf16") else "fp32"
+    return peaks[key]["flops_per_s"]
+
+
+def config_record(spec: Spec, speed: str, device) -> dict[str, Any]:
+    """The configuration fields every benchmark record carries."""
+    t = spec.train
+    return {"variant": spec.name, "backbone": spec.model.backbone, "fusion": spec.model.fusion.name,
+            "regulariser": spec.model.regulariser.name, "head": spec.model.head, "nf": spec.model.nf,
+            "imsize": spec.data.imsize, "batch": t.batch_size, "speed": speed,
+            "dtype": "bfloat16" if t.precision == "bf16" else "float32", "channels_last": t.channels_last,
+            "fused_affine": t.fused_affine, "device": str(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}

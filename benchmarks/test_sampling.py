@@ -1,0 +1,36 @@
+"""Generator sampling (no grad), images/s, for every backbone x fusion in the registries at every size of the
+profile, in fp32 (our fp32 path) and the fast configuration; FLOPs per image, fraction of peak, memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.harness import (
+    SampleWorkload,
+    bench_spec,
+    config_record,
+    count_flops,
+    peak_for,
+    peak_memory,
+    rates,
+)
+from dfgan.spec import SpecError
+
+
+@pytest.mark.parametrize("speed", ["fp32", "fast"])
+def test_sampling(benchmark, record, peaks, device, profile, sample_cfg, backbone, fusion, speed):
+    imsize, batch, rounds = sample_cfg
+    try:
+        spec = bench_spec("full", imsize=imsize, nf=profile.nf, batch=batch, speed=speed, device=device.type,
+                          overrides=[f"model.backbone={backbone}", f"model.fusion.name={fusion}"])
+        work = SampleWorkload(spec, device)
+    except (SpecError, ValueError) as e:  # e.g. a fusion whose settings do not fit this size
+        pytest.skip(f"{backbone} x {fusion} at {imsize} px: {e}")
+    flops = count_flops(work)
+    memory = peak_memory(work, device) if profile.memory else {}
+    benchmark.pedantic(work, rounds=rounds, warmup_rounds=1)
+    seconds = benchmark.stats.stats.median
+    record(kind="sampling", **config_record(spec, speed, device),
+           **rates(flops, seconds, batch, peak_for(speed, peaks)),
+           peak_memory_bytes=memory.get("peak_bytes"), memory_method=memory.get("method"),
+           options_applied=work.options)
