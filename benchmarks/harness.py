@@ -24,12 +24,14 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from dfgan.spec import Spec, load_spec
 
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the repository root
 COND_DIM = 256  # DAMSM sentence/word vector size (reference doc Sec. 4)
 N_WORDS = 18  # DF-GAN pads captions to 18 tokens (reference doc Sec. 4)
 

@@ -187,3 +187,30 @@ def test_train_loop_records_the_fast_path(tmp_path):
     assert res.info["speed"] == {"fused_affine": True, "channels_last": True}
     rt = res.info["runtime"]
     assert {"allocator", "allocator_env", "threads", "torch", "device"} <= rt.keys()
+
+
+def test_parity_study_runs_both_arms_and_rewrites_its_section(tmp_path):
+    """The parity study on a tiny configuration: both arms x 2 seeds, summary, its section replaced (not
+    appended twice) in the Markdown report, the rest of the report kept."""
+    import json
+
+    from benchmarks.parity_study import main
+    from benchmarks.report import PARITY_MARKER
+
+    md, js = tmp_path / "benchmarks.md", tmp_path / "parity.json"
+    md.write_text("# Throughput benchmarks\n\nearlier content\n")
+    args = ["--seeds", "2", "--steps", "1", "--n-images", "16", "--out-dir", str(tmp_path / "runs"), "--json",
+            str(js), "--md", str(md), "--quiet", "model.nf=4", "data.imsize=32", "data.n_train=64", "data.n_test=16",
+            "model.text_encoder.pretrain_steps=1", "model.text_encoder.pretrain_batch_size=8", "train.batch_size=4"]
+    assert main(args) == 0
+    result = json.loads(js.read_text())
+    assert sorted((r["arm"], r["seed"]) for r in result["runs"]) == [("fast", 100), ("fast", 101), ("fp32", 100),
+                                                                      ("fp32", 101)]
+    assert {r["speed"]["fused_affine"] for r in result["runs"]} == {True, False}
+    for m in ("attr_acc", "fd_attr"):
+        s = result["summary"][m]
+        assert len(s["fp32"]["values"]) == 2 and s["diff_fast_minus_fp32"] == pytest.approx(
+            s["fast"]["mean"] - s["fp32"]["mean"])
+    assert main(args) == 0  # resumes the finished runs, rewrites the section
+    text = md.read_text()
+    assert text.count(PARITY_MARKER) == 1 and "earlier content" in text and "| attr_acc |" in text

@@ -82,3 +82,35 @@ def test_reference_step_follows_the_formulas():
     assert got["d_fake"] == pytest.approx(fake.item(), rel=1e-5)
     assert got["d_gp"] == pytest.approx(gp.item(), rel=1e-4)
     assert got["loss_d"] == pytest.approx((real + (fake + mis) / 2 + gp).item(), rel=1e-4)
+
+
+def test_benchmark_comparison_suite_runs_and_reports(tmp_path):
+    """The interleaved comparison against the reference (benchmarks/test_targets.py, smoke sizes) runs and the
+    report shows its ratios: the suite that measures the reference formulation does not rot unnoticed."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.harness import ROOT_DIR
+    from benchmarks.report import write
+
+    out = tmp_path / "b.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_machine.py", "benchmarks/test_targets.py",
+                           "-p", "no:xdist", "-p", "no:cacheprovider", "-q", "--bench-profile", "smoke",
+                           f"--benchmark-json={out}"], cwd=ROOT_DIR, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    recs = json.loads(out.read_text())["benchmarks"]
+    kinds = {r["extra_info"]["kind"] for r in recs}
+    assert {"matmul_peak", "target_sampling", "target_train_step"} <= kinds
+    for r in recs:
+        e = r["extra_info"]
+        assert {"device", "threads", "torch", "allocator", "allocator_env"} <= e["machine"].keys()
+        if e["kind"].startswith("target_"):
+            assert set(e["sides"]) == {"reference", "fp32", "fast"}
+            assert all(s["gflop_per_call"] > 0 and s["seconds"] > 0 for s in e["sides"].values())
+            assert e["ratios"]["speedup_wall"]["reference"] == pytest.approx(1.0)
+    text = write(out, tmp_path / "benchmarks.md")
+    assert "| sampling | 32 | 2 |" in text and "| train step | 32 | 2 |" in text
