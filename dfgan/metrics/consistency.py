@@ -1,0 +1,159 @@
+"""Text-image consistency: R-precision with DAMSM encoders (AttnGAN, Xu et al. CVPR 2018, Sec. 5; DM-GAN).
+
+For every generated image, its true caption is ranked among ``R_CANDIDATES - 1`` = 99 captions of *other*
+test images by the cosine similarity between the DAMSM image encoder's global feature and each caption's
+sentence vector; R-precision (R = 1) is the fraction of images whose true caption ranks first (strictly above
+every mismatched one). Chance is 1 / 100.
+
+The evaluator is a DAMSM *pair* (text and image encoder trained together with AttnGAN's matching loss by
+``dfgan.train.pretrain_text``) on the run's training data. The text-encoder cache written by
+``get_text_encoder`` holds the text encoder only, so the pair is pretrained here with the same recipe and seed
+(the text encoder therefore equals the cached conditioning encoder of a ``damsm`` run with the same
+pretraining fields; the protocol records both hashes and whether they agree) and cached under
+``cache_dir()/damsm_eval``. Runs with another text encoder are evaluated with the default DAMSM recipe, so
+numbers across text encoders are measured by one evaluator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfgan.data.vocab import pad_caption
+from dfgan.metrics.features import Extractor
+from dfgan.paths import cache_dir
+
+R_CANDIDATES = 100  # AttnGAN/DM-GAN: the true caption among 99 mismatched ones
+R_SEED = 0
+
+
+def r_precision(image_features: np.ndarray, sentences: np.ndarray, true_index: np.ndarray,
+                caption_owner: np.ndarray, image_owner: np.ndarray, *, candidates: int = R_CANDIDATES,
+                seed: int = R_SEED) -> float:
+    """R-precision (R = 1) of images against a caption pool.
+
+    ``image_features`` (n, D): one row per generated image; ``sentences`` (M, D): the pool of caption vectors;
+    ``true_index`` (n,): row of each image's own caption in the pool; ``caption_owner`` (M,): the test image each
+    pooled caption belongs to; ``image_owner`` (n,): the test image each generated image was made for.
+    Mismatched candidates are drawn (seeded) from captions of other images."""
+    img = torch.nn.functional.normalize(torch.as_tensor(np.asarray(image_features), dtype=torch.float64), dim=1)
+    sen = torch.nn.functional.normalize(torch.as_tensor(np.asarray(sentences), dtype=torch.float64), dim=1)
+    n = img.shape[0]
+    caption_owner, image_owner = np.asarray(caption_owner), np.asarray(image_owner)
+    rng = np.random.default_rng(seed)
+    need = candidates - 1
+    hits = 0
+    for k in range(n):
+        others = np.flatnonzero(caption_owner != image_owner[k])
+        if len(others) < need:
+            raise ValueError(f"R-precision needs {need} captions of other images, the pool has {len(others)}")
+        wrong = rng.choice(others, need, replace=False)
+        true_score = img[k] @ sen[int(true_index[k])]
+        hits += int(bool((sen[torch.as_tensor(wrong)] @ img[k] < true_score).all()))
+    return hits / n
+
+
+# ---- the evaluator pair ------------------------------------------------------------------------------------------
+
+
+def _state_hash(module: torch.nn.Module) -> str:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    return hashlib.sha256(buf.getvalue()).hexdigest()[:16]
+
+
+def evaluator_spec(spec):
+    """The DAMSM pretraining fields the evaluator uses: the run's own when it uses DAMSM, else the defaults."""
+    from dfgan.spec import TextEncoderSpec
+
+    te = spec.model.text_encoder
+    if te.name == "damsm":
+        return te.model_copy(update={"checkpoint": None})
+    return TextEncoderSpec()
+
+
+def damsm_pair(spec, train_dataset, *, device="cpu", progress: bool = False):
+    """(text_encoder, image_encoder, info) trained on ``train_dataset`` with the evaluator recipe, cached."""
+    from dfgan.nn.text_encoders import DAMSMTextEncoder
+    from dfgan.train.pretrain_text import IMAGE_ENCODERS, cache_key, pretrain_text_encoder
+
+    te = evaluator_spec(spec)
+    key = cache_key(te, train_dataset)
+    path = cache_dir() / "damsm_eval" / f"damsm-pair-{key}.pt"
+    if not path.is_file():
+        text, info, image = pretrain_text_encoder(train_dataset, te, device="cpu", progress=progress,
+                                                  return_image_encoder=True)
+        state = {"text_encoder": {k: v.cpu() for k, v in text.state_dict().items()},
+                 "image_encoder": {k: v.cpu() for k, v in image.state_dict().items()},
+                 "info": json.dumps({**info, "key": key})}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    info = json.loads(saved["info"])
+    text = DAMSMTextEncoder(len(train_dataset.vocab), nhidden=te.embedding_dim)
+    text.load_state_dict(saved["text_encoder"])
+    image = IMAGE_ENCODERS.build(info.get("image_encoder", "small_cnn"), out_dim=te.embedding_dim)
+    image.load_state_dict(saved["image_encoder"])
+    text, image = (m.to(device).eval().requires_grad_(False) for m in (text, image))
+    info.update(path=str(path), text_encoder_hash=_state_hash(text), image_encoder_hash=_state_hash(image))
+    return text, image, info
+
+
+class DAMSMImageExtractor(Extractor):
+    """The DAMSM image encoder's global feature of each image (input [-1, 1], the encoder resizes itself)."""
+
+    def __init__(self, text_encoder, image_encoder, info: dict[str, Any], device):
+        self.text, self.image, self.info, self.device = text_encoder, image_encoder, info, torch.device(device)
+        self.key, self.dim = "damsm_image_global", int(getattr(image_encoder, "out_dim", 0))
+        self._pool: dict[tuple[str, int], np.ndarray] = {}
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        x = images.to(self.device).float() / 127.5 - 1.0
+        return {"features": self.image(x)[1].float().cpu().numpy()}
+
+    @torch.no_grad()
+    def sentence_pool(self, dataset, batch_size: int = 256) -> np.ndarray:
+        """Sentence vectors of every caption of ``dataset`` (row i*K + j: caption j of image i)."""
+        key = (getattr(dataset, "content_hash", str(id(dataset))), len(dataset))
+        if key not in self._pool:
+            k = dataset.captions_per_image
+            pairs = [(i, j) for i in range(len(dataset)) for j in range(k)]
+            out = []
+            for s in range(0, len(pairs), batch_size):
+                ids = [pad_caption(dataset.caption_ids(i, j)) for i, j in pairs[s:s + batch_size]]
+                caps = torch.stack([c for c, _ in ids]).to(self.device)
+                lens = torch.tensor([max(n, 1) for _, n in ids])
+                out.append(self.text(caps, lens)[1].float().cpu().numpy())
+            self._pool[key] = np.concatenate(out)
+        return self._pool[key]
+
+    def protocol(self) -> dict[str, Any]:
+        keep = ("key", "steps", "image_encoder", "retrieval_top1", "retrieval_n", "text_encoder_hash",
+                "image_encoder_hash", "embedding_dim")
+        return {"extractor": self.key, "evaluator": "DAMSM pair (dfgan.train.pretrain_text, sentence loss)",
+                **{k: self.info.get(k) for k in keep}}
+
+
+def same_text_encoder(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two text encoders hold identical weights (e.g. the evaluator's and the run's conditioning one)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def path_hash(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

@@ -1,0 +1,431 @@
+"""Evaluation: one generation pass, one feature pass per feature space, every metric recorded with its protocol.
+
+Images are generated from the split's captions in a fixed order (generated image p uses caption
+``(p // N) % K`` of image ``p % N``: one pass over every image with its first caption, then its second, ...)
+with DF-GAN's truncated sampling noise (``truncation * truncnorm(-2, 2)``, drawn once from a seeded generator),
+converted to uint8 exactly as a PNG would store them, and fed batch by batch to every feature extractor the
+requested metrics need; nothing is written to disk. A metric asking for fewer images than the pass makes uses
+the first ones (features do not depend on the batch), so ``fid1k`` and ``fid30k`` can share one pass.
+
+Every value is appended as one JSON line to ``<run_dir>/metrics.jsonl`` (metric, value, step, image count,
+protocol, details, seconds, device, torch version) and mirrored to MLflow: metric ``<name>`` (and
+``<name>.<detail>``) at the step, tag ``protocol.<name>`` = the protocol as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfgan.data.vocab import pad_caption
+from dfgan.metrics import fid as fidlib
+from dfgan.metrics.features import Extractor, reference_features
+from dfgan.metrics.registry import MetricDef
+from dfgan.metrics.registry import metrics as metric_defs
+from dfgan.sampling import last_stage, to_uint8, truncated_noise
+
+EVAL_SEED = 0  # noise of the generated images and R-precision candidates
+JSONL = "metrics.jsonl"
+CAPTION_ORDER = "image p % N with its caption (p // N) % K (image-major passes over the split's captions)"
+
+
+@dataclass
+class EvalOptions:
+    """How to evaluate. ``n``/``batch_size`` default to ``spec.eval``; Inception paths default to the
+    environment / clean-fid's location (see ``dfgan.metrics.fid``); ``ref_stats`` replaces the cached reference
+    statistics of FID metrics by an ``npz`` with ``mu``/``sigma`` (e.g. DF-GAN's)."""
+
+    n: int | None = None
+    batch_size: int | None = None
+    inception: str | None = None
+    inception_legacy: str | None = None
+    ref_stats: str | None = None
+    seed: int = EVAL_SEED
+    progress: bool = False
+
+
+# ---- where values go ---------------------------------------------------------------------------------------------
+
+
+class TrackerSink:
+    """Logs into the active MLflow run of a training ``Tracker``."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def log(self, values: dict[str, float], tags: dict[str, str], step: int) -> None:
+        self.tracker.metrics(values, step)
+        self.tracker.tags(tags)
+
+
+class ClientSink:
+    """Logs into an existing MLflow run by id (without changing its status): ``dfgan eval`` on a finished run."""
+
+    def __init__(self, uri: str, run_id: str):
+        import mlflow
+
+        self.client = mlflow.tracking.MlflowClient(uri)
+        self.run_id, self.uri = run_id, uri
+        try:
+            self.client.get_run(run_id)
+        except Exception as e:  # mlflow raises MlflowException for a missing run
+            raise ValueError(f"MLflow run {run_id} (from the checkpoint) not found at {uri}: pass the tracking "
+                             f"URI the run was logged to with --tracking-uri ({type(e).__name__}: {e})") from None
+
+    def log(self, values: dict[str, float], tags: dict[str, str], step: int) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+# ---- generation ---------------------------------------------------------------------------------------------------
+
+
+def caption_plan(n_images: int, captions_per_image: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image index, caption index) of each of ``n`` generated images (see ``CAPTION_ORDER``)."""
+    p = np.arange(n)
+    return p % n_images, (p // n_images) % captions_per_image
+
+
+@torch.no_grad()
+def generate_images(generator, conditioner, dataset, n: int, batch_size: int, *, z_dim: int, truncation: float,
+                    device, seed: int = EVAL_SEED, progress: bool = False
+                    ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+    """Yield (uint8 images (B, 3, H, W) on ``device``, image indices, caption indices) for ``n`` images."""
+    img_idx, cap_idx = caption_plan(len(dataset), dataset.captions_per_image, n)
+    noise = truncated_noise(n, z_dim, truncation, torch.Generator().manual_seed(seed))
+    was_training = generator.training
+    generator.eval()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="generate", unit="img", leave=False)
+    try:
+        for s in range(0, n, batch_size):
+            ii, jj = img_idx[s:s + batch_size], cap_idx[s:s + batch_size]
+            ids = [pad_caption(dataset.caption_ids(int(i), int(j))) for i, j in zip(ii, jj, strict=True)]
+            caps = torch.stack([c for c, _ in ids])
+            lens = torch.tensor([max(k, 1) for _, k in ids])
+            words, sent = conditioner.encode(caps, lens)
+            mask = (caps == 0).to(device)
+            z = noise[s:s + batch_size].to(device)
+            out = last_stage(generator(z, sent, words if conditioner.need_words else None, mask))
+            if bar is not None:
+                bar.update(len(ii))
+            yield to_uint8(out), ii, jj
+    finally:
+        generator.train(was_training)
+        if bar is not None:
+            bar.close()
+
+
+# ---- the evaluation -----------------------------------------------------------------------------------------------
+
+
+def _build_extractor(key: str, ctx: dict[str, Any]) -> Extractor:
+    device, options = ctx["device"], ctx["options"]
+    if key.startswith("inception:"):
+        from dfgan.metrics.features import inception_extractor
+
+        mode = key.split(":", 1)[1]
+        path = options.inception if mode == "clean" else options.inception_legacy
+        return inception_extractor(mode, device, path)
+    if key == "attr":
+        from dfgan.metrics.attributes import AttributeExtractor, load_classifier
+
+        model, info = load_classifier(ctx["train"](), ctx["test"], device=device, progress=options.progress)
+        return AttributeExtractor(model, info, device)
+    if key == "damsm":
+        from dfgan.metrics.consistency import DAMSMImageExtractor, damsm_pair
+
+        text, image, info = damsm_pair(ctx["spec"], ctx["train"](), device=device, progress=options.progress)
+        return DAMSMImageExtractor(text, image, info, device)
+    if key == "effnet_lite0":
+        from dfgan.metrics.proxy import EffNetLite0Extractor
+
+        return EffNetLite0Extractor(device)
+    raise ValueError(f"unknown feature extractor {key!r}")
+
+
+def _reference(defn: MetricDef, ext: Extractor, test, ctx) -> tuple[dict, dict]:
+    """(statistics, protocol entry) of the reference set for ``defn``."""
+    options = ctx["options"]
+    if defn.kind == "fid" and options.ref_stats:
+        stats = fidlib.load_stats(options.ref_stats)
+        if ext.dim and stats["mu"].shape[0] != ext.dim:
+            raise ValueError(f"--ref-stats {options.ref_stats}: mu has {stats['mu'].shape[0]} features, "
+                             f"{ext.key} gives {ext.dim}")
+        return stats, {"source": "file", "path": str(Path(options.ref_stats).expanduser().resolve()),
+                       "hash": stats["hash"], "n": None}
+    stats = reference_features(test, ext, ctx["batch_size"], progress=options.progress)
+    return stats, {"source": "cached", "hash": stats["hash"], "n": stats["n"], "split": test.split,
+                   "dataset_hash": getattr(test, "content_hash", None), "file": Path(stats["path"]).name}
+
+
+def _compute(defn: MetricDef, out: dict[str, np.ndarray], img_idx: np.ndarray, cap_idx: np.ndarray,
+             ext: Extractor, test, ctx) -> tuple[float, dict, dict]:
+    """(value, details, protocol specific to the metric)."""
+    feats = out["features"]
+    if defn.kind == "fid" or defn.kind == "fd":
+        ref, rp = _reference(defn, ext, test, ctx)
+        value = fidlib.frechet_distance(*fidlib.feature_stats(feats), ref["mu"], ref["sigma"])
+        return value, {}, {"reference": rp}
+    if defn.kind == "kid":
+        ref, rp = _reference(defn, ext, test, ctx)
+        if "features" not in ref:
+            raise ValueError(f"{defn.name}: the reference statistics hold no features (KID needs them)")
+        seed = ctx["options"].seed
+        mean, std = fidlib.kid(feats, ref["features"], seed=seed)
+        m = min(len(feats), len(ref["features"]), fidlib.KID_SUBSET_SIZE)
+        return mean, {"std": std}, {"reference": rp, "kernel": "(x.y/d + 1)^3", "subsets": fidlib.KID_SUBSETS,
+                                    "subset_size": m, "subset_seed": seed}
+    if defn.kind == "is":
+        if "logits" not in out:
+            raise ValueError(f"{defn.name}: this Inception network gives no class logits (IS needs clean-fid's "
+                             "TorchScript model)")
+        mean, std = fidlib.inception_score(out["logits"], fidlib.IS_SPLITS)
+        return mean, {"std": std}, {"splits": fidlib.IS_SPLITS, "comparable_to_paper": False,
+                                    "note": fidlib.IS_NOTE}
+    if defn.kind == "rprec":
+        from dfgan.metrics.consistency import R_CANDIDATES, r_precision, same_text_encoder
+
+        pool = ext.sentence_pool(test)
+        k = test.captions_per_image
+        seed = ctx["options"].seed
+        value = r_precision(feats, pool, img_idx * k + cap_idx, np.arange(len(pool)) // k, img_idx, seed=seed)
+        cond = getattr(ctx["conditioner"], "encoder", None)
+        same = same_text_encoder(ext.text, cond) if isinstance(cond, torch.nn.Module) else None
+        return value, {}, {"candidates": R_CANDIDATES, "candidate_seed": seed, "chance": 1 / R_CANDIDATES,
+                           "evaluator_is_conditioning_text_encoder": same}
+    if defn.kind == "attr_acc":
+        from dfgan.metrics.attributes import attribute_accuracy, chance_level, mention_array
+
+        truth = test.attribute_array()
+        stated = {a: v[img_idx] for a, v in truth.items()}
+        mentioned = mention_array(test, img_idx, cap_idx)
+        pred = {a: out[f"pred.{a}"] for a in truth}
+        acc = attribute_accuracy(pred, stated, mentioned)
+        overall = acc.pop("overall")
+        return overall, acc, {"scored": "attributes the caption mentions (micro average)",
+                              "chance": chance_level(mentioned)}
+    raise ValueError(f"unknown metric kind {defn.kind!r}")
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return _json_safe(x.item())
+    return x
+
+
+def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_dir=None, sink=None,
+             options: EvalOptions | None = None, train_dataset=None, source: str = "eval",
+             skip_unavailable: bool = False) -> list[dict]:
+    """Compute ``metric_names`` for the generator of ``gan`` and record them; returns the records.
+
+    ``train_dataset`` (built from the spec when missing) trains the attribute classifier and the DAMSM
+    evaluator; test captions and reference images come from each metric's split. With ``skip_unavailable``, a
+    metric whose feature extractor cannot be built (e.g. missing Inception weights) is skipped with a warning."""
+    import dfgan.components  # noqa: F401
+    from dfgan.registry import DATASETS
+
+    options = options or EvalOptions()
+    defs = metric_defs(metric_names)
+    if not defs:
+        raise ValueError("no metrics to evaluate: give metric names (see `dfgan eval --list`)")
+    bad = [d.name for d in defs if d.builtin_only and spec.data.name != "builtin"]
+    if bad:
+        raise ValueError(f"metrics {', '.join(bad)} need the built-in dataset (data.name=builtin), this run uses "
+                         f"data.name={spec.data.name}")
+    device = torch.device(device)
+    n_default = int(options.n or spec.eval.n_images)
+    batch_size = int(options.batch_size or spec.eval.batch_size)
+    train_cache = {"ds": train_dataset}
+
+    def train():
+        if train_cache["ds"] is None:
+            train_cache["ds"] = DATASETS.build(spec.data.name, spec.data, "train")
+        return train_cache["ds"]
+
+    records = []
+    for split in dict.fromkeys(d.split for d in defs):
+        group = [d for d in defs if d.split == split]
+        test = DATASETS.build(spec.data.name, spec.data, split)
+        ctx = {"device": device, "options": options, "spec": spec, "train": train, "test": test,
+               "batch_size": batch_size, "conditioner": conditioner}
+        t0 = time.perf_counter()
+        extractors: dict[str, Extractor] = {}
+        for d in group:
+            if d.extractor in extractors:
+                continue
+            try:
+                extractors[d.extractor] = _build_extractor(d.extractor, ctx)
+            except (fidlib.InceptionWeightsMissing, FileNotFoundError) as e:
+                if not skip_unavailable:
+                    raise
+                warnings.warn(f"skipping {d.name}: {e}", stacklevel=2)
+                print(f"dfgan eval: skipping {d.name}: {e}", file=sys.stderr)
+        group = [d for d in group if d.extractor in extractors]
+        if not group:
+            continue
+        n_gen = max(d.count or n_default for d in group)
+        parts: dict[str, dict[str, list[np.ndarray]]] = {k: {} for k in extractors}
+        idx_i, idx_j = [], []
+        for images, ii, jj in generate_images(gan.generator, conditioner, test, n_gen, batch_size,
+                                              z_dim=spec.model.z_dim, truncation=spec.model.truncation,
+                                              device=device, seed=options.seed, progress=options.progress):
+            idx_i.append(ii), idx_j.append(jj)
+            for k, ext in extractors.items():
+                for name, v in ext(images).items():
+                    parts[k].setdefault(name, []).append(v)
+        outs = {k: {n: np.concatenate(v) for n, v in p.items()} for k, p in parts.items()}
+        img_idx, cap_idx = np.concatenate(idx_i), np.concatenate(idx_j)
+        pass_seconds = time.perf_counter() - t0
+        generation = {
+            "split": split, "resolution": spec.data.imsize, "dataset": spec.data.name,
+            "dataset_hash": getattr(test, "content_hash", None), "captions": CAPTION_ORDER,
+            "noise": f"{spec.model.truncation} * truncnorm(-2, 2), torch seed {options.seed}",
+            "truncation": spec.model.truncation, "seed": options.seed, "images_generated_in_pass": n_gen,
+        }
+        for d in group:
+            count = d.count or n_default
+            t1 = time.perf_counter()
+            out = {k: v[:count] for k, v in outs[d.extractor].items()}
+            value, details, specific = _compute(d, out, img_idx[:count], cap_idx[:count], extractors[d.extractor],
+                                                test, ctx)
+            protocol = {"metric": d.name, "kind": d.kind, "n_images": count, **generation,
+                        **extractors[d.extractor].protocol(), **specific}
+            rec = {
+                "metric": d.name, "value": float(value), "step": int(step), "n_images": count,
+                "details": details, "protocol": protocol,
+                "seconds": round(pass_seconds + time.perf_counter() - t1, 3),
+                "pass_seconds": round(pass_seconds, 3), "device": str(device), "torch": torch.__version__,
+                "time": datetime.now(UTC).isoformat(timespec="seconds"), "source": source,
+                "spec_hash": spec.hash(), "variant": spec.name,
+            }
+            rec = _json_safe(rec)
+            records.append(rec)
+            if run_dir is not None:
+                path = Path(run_dir) / JSONL
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a") as f:
+                    f.write(json.dumps(rec, sort_keys=True) + "\n")
+            if sink is not None:
+                values = {d.name: float(value)}
+                values.update({f"{d.name}.{k}": float(v) for k, v in details.items()
+                               if isinstance(v, (int, float)) and math.isfinite(v)})
+                tags = {f"protocol.{d.name}": json.dumps(rec["protocol"], sort_keys=True, separators=(",", ":"))}
+                sink.log(values, tags, int(step))
+    return records
+
+
+def evaluate_during_training(spec, gan, conditioner, dataset, device, tracker, step, run_dir) -> list[dict]:
+    """What the training loop calls every ``spec.eval.interval`` steps and at the end: ``spec.eval.metrics``
+    on ``spec.eval.n_images`` images, logged to the run's MLflow run and ``metrics.jsonl``. Metrics whose
+    weights are missing on this machine are skipped with a warning instead of stopping the training."""
+    return evaluate(spec, gan, conditioner, device, spec.eval.metrics, step=step, run_dir=run_dir,
+                    sink=TrackerSink(tracker) if tracker is not None else None, train_dataset=dataset,
+                    source="train", skip_unavailable=True)
+
+
+# ---- a finished run ----------------------------------------------------------------------------------------------
+
+
+def load_run(path) -> dict[str, Any]:
+    """Spec, weights, step, MLflow run id and folder of a run folder or a checkpoint/final-weights file."""
+    from dfgan.spec import from_dict
+    from dfgan.train import checkpoint as ckpt_io
+    from dfgan.train.loop import CHECKPOINT, FINAL_WEIGHTS
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        run_dir = path
+        files = [p for p in (path / CHECKPOINT, path / FINAL_WEIGHTS) if p.is_file()]
+        if not files:
+            raise FileNotFoundError(f"{path} holds neither {CHECKPOINT} nor {FINAL_WEIGHTS}: not a dfgan run folder")
+        weights_file = files[0]
+    elif path.is_file():
+        run_dir, weights_file = path.parent, path
+    else:
+        raise FileNotFoundError(f"run folder or checkpoint not found: {path}")
+    saved = torch.load(weights_file, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or "models" not in saved or "spec" not in saved:
+        raise ValueError(f"{weights_file} is not a dfgan checkpoint or final-weights file (needs 'spec' and 'models')")
+    run_id = saved.get("mlflow_run_id")
+    if run_id is None and (run_dir / CHECKPOINT).is_file() and weights_file.name != CHECKPOINT:
+        run_id = ckpt_io.load(run_dir / CHECKPOINT).get("mlflow_run_id")
+    return {"spec": from_dict(saved["spec"]), "models": saved["models"], "step": int(saved.get("step", 0)),
+            "mlflow_run_id": run_id, "run_dir": run_dir, "file": weights_file}
+
+
+def default_tracking_uri(spec, run_dir: Path) -> str:
+    """Where the run was logged by default: the spec's URI, $MLFLOW_TRACKING_URI, else the run folder's parent
+    (``train.out_dir``) ``mlflow.db``, independent of the current folder."""
+    import os
+
+    return spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{Path(run_dir).resolve().parent / 'mlflow.db'}"
+
+
+def evaluate_run(path, metric_names=None, *, options: EvalOptions | None = None, device: str = "auto",
+                 tracking_uri: str | None = None, track: bool = True) -> dict[str, Any]:
+    """``dfgan eval``: rebuild the run's GAN and text conditioning, evaluate, add the values to the run's
+    ``metrics.jsonl`` and to its MLflow run (the id stored in the checkpoint)."""
+    import dfgan.components  # noqa: F401
+    from dfgan.conditioning import TextConditioner, load_text_encoder
+    from dfgan.metrics.nop import nop_report
+    from dfgan.model import build_gan
+    from dfgan.paths import cache_dir
+    from dfgan.registry import DATASETS, FUSIONS
+    from dfgan.train.loop import pick_device
+
+    run = load_run(path)
+    spec = run["spec"]
+    options = options or EvalOptions()
+    names = metric_names or spec.eval.metrics or default_metrics(spec)
+    metric_defs(names)  # unknown names fail before any work
+    dev = pick_device(device)
+    train_ds = DATASETS.build(spec.data.name, spec.data, "train")
+    encoder, _ = load_text_encoder(spec, train_ds, device=dev, cache_dir=cache_dir(), progress=options.progress)
+    cond_dim = getattr(encoder, "output_dim", spec.model.text_encoder.embedding_dim)
+    gan = build_gan(spec, cond_dim=cond_dim, word_dim=cond_dim)
+    gan.load_state_dict(run["models"])
+    gan = gan.to(dev).eval()
+    need_words = "words" in FUSIONS.entry(spec.model.fusion.name).requires
+    conditioner = TextConditioner(encoder, dev, need_words, cache=False)
+    sink, uri = None, None
+    if track and run["mlflow_run_id"]:
+        uri = tracking_uri or default_tracking_uri(spec, run["run_dir"])
+        sink = ClientSink(uri, run["mlflow_run_id"])
+    records = evaluate(spec, gan, conditioner, dev, names, step=run["step"], run_dir=run["run_dir"], sink=sink,
+                       options=options, train_dataset=train_ds, source="dfgan eval")
+    nop = nop_report(gan, encoder)
+    return {"run_dir": str(run["run_dir"]), "step": run["step"],
+            "mlflow_run_id": run["mlflow_run_id"] if sink else None, "tracking_uri": uri, "records": records,
+            "nop": {k: v["count"] for k, v in nop["totals"].items()}}
+
+
+def default_metrics(spec) -> list[str]:
+    """Metrics ``dfgan eval`` computes when neither ``--metrics`` nor ``spec.eval.metrics`` name any."""
+    if spec.data.name == "builtin":
+        return ["attr_acc", "fd_attr", "rprec_damsm"]
+    return ["fid30k_test_clean", "kid_test_clean", "is_test", "rprec_damsm"]

@@ -1,0 +1,104 @@
+"""The metric registry: every metric is named by its protocol.
+
+``fid30k_test_clean`` is the FID of 30,000 images generated from the test captions against the test split's
+reference statistics, with clean-fid's ``clean`` preprocessing; ``fid<N>[k]_<split>_<mode>`` names of any count
+are understood. Metrics without a count in the name (KID, IS, R-precision, attribute accuracy, Fréchet
+distances in other feature spaces) use the evaluation's image count (``--n`` / ``spec.eval.n_images``), which
+is recorded with every value. Names that are not FIDs never contain "fid".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from dfgan.registry import Registry, RegistryError
+
+METRICS: Registry = Registry("metric")
+
+FULL_SCALE_FID_IMAGES = 30_000  # DF-GAN / AttnGAN: ~30k images from the test captions (reference doc Sec. 6)
+KINDS = ("fid", "kid", "is", "rprec", "attr_acc", "fd")
+_FID_NAME = re.compile(r"^fid(\d+)(k?)_(test|train)_(clean|legacy_pytorch)$")
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """What a metric computes: ``kind``, in which feature space (``extractor``), on which split's captions,
+    from how many images (``count``; None = the evaluation's count)."""
+
+    name: str
+    kind: str
+    extractor: str  # "inception:<mode>", "attr", "damsm", "effnet_lite0"
+    split: str = "test"
+    count: int | None = None
+    builtin_only: bool = False
+    summary: str = ""
+
+    @property
+    def mode(self) -> str | None:
+        return self.extractor.split(":", 1)[1] if self.extractor.startswith("inception:") else None
+
+
+def _add(defn: MetricDef) -> None:
+    def factory() -> MetricDef:
+        return defn
+
+    factory.__doc__ = defn.summary
+    METRICS.add(defn.name, factory)
+
+
+def fid_def(count: int, split: str = "test", mode: str = "clean") -> MetricDef:
+    label = f"{count // 1000}k" if count % 1000 == 0 else str(count)
+    return MetricDef(
+        f"fid{label}_{split}_{mode}", "fid", f"inception:{mode}", split, count,
+        summary=f"FID (clean-fid '{mode}', Inception pool3) of {count:,} images from the {split} captions "
+                f"vs. the {split} split's reference statistics",
+    )
+
+
+for _count in (FULL_SCALE_FID_IMAGES, 10_000, 5_000, 1_000):
+    _add(fid_def(_count, "test", "clean"))
+for _count in (FULL_SCALE_FID_IMAGES, 1_000):
+    _add(fid_def(_count, "test", "legacy_pytorch"))
+for _mode in ("clean", "legacy_pytorch"):
+    _add(MetricDef(f"kid_test_{_mode}", "kid", f"inception:{_mode}",
+                   summary=f"KID (clean-fid '{_mode}' Inception features, cubic kernel, 100 subsets) vs. test images"))
+_add(MetricDef("is_test", "is", "inception:clean",
+               summary="Inception Score, ImageNet Inception (not the paper's CUB-fine-tuned one), 10 splits"))
+_add(MetricDef("rprec_damsm", "rprec", "damsm",
+               summary="R-precision: true caption ranked first among 100 by DAMSM image/sentence cosine"))
+_add(MetricDef("attr_acc", "attr_acc", "attr", builtin_only=True,
+               summary="built-in data: fraction of caption-mentioned attributes a classifier finds in the image"))
+_add(MetricDef("fd_attr", "fd", "attr", builtin_only=True,
+               summary="built-in data: Fréchet distance in the attribute classifier's features (not an FID)"))
+_add(MetricDef("fd_effnet_lite0", "fd", "effnet_lite0",
+               summary="Fréchet distance in ImageNet EfficientNet-Lite0 features (offline proxy, not an FID)"))
+
+
+def metric(name: str) -> MetricDef:
+    """The definition of metric ``name`` (registered, or any ``fid<N>[k]_<split>_<mode>``)."""
+    name = name.strip()
+    if name in METRICS:
+        return METRICS.build(name)
+    m = _FID_NAME.match(name)
+    if m:
+        count = int(m.group(1)) * (1000 if m.group(2) else 1)
+        if count < 2:
+            raise RegistryError(f"metric '{name}': an FID needs at least 2 images")
+        return replace(fid_def(count, m.group(3), m.group(4)), name=name)
+    raise RegistryError(
+        f"unknown metric '{name}'; registered: {', '.join(METRICS.names())}; any FID count is also understood as "
+        "fid<N>[k]_<test|train>_<clean|legacy_pytorch>"
+    )
+
+
+def metrics(names) -> list[MetricDef]:
+    """Definitions of a list or comma-separated string of metric names (duplicates dropped, order kept)."""
+    if isinstance(names, str):
+        names = names.split(",")
+    out: dict[str, MetricDef] = {}
+    for n in names:
+        if n.strip():
+            d = metric(n)
+            out.setdefault(d.name, d)
+    return list(out.values())

@@ -1,0 +1,120 @@
+"""``dfgan eval`` and periodic evaluation: values with their protocol in metrics.jsonl and in the run's own
+MLflow run; evaluation does not disturb training; generation is batch-independent; clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from dfgan.cli import main
+from dfgan.spec import load_spec
+from dfgan.train.loop import train
+from tests.conftest import tiny_overrides
+
+EVAL = {"eval.metrics": "[attr_acc,fd_attr]", "eval.n_images": 16, "eval.batch_size": 8}
+
+
+def _uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_dfgan_eval_adds_its_metrics_to_the_same_mlflow_run(tmp_path, capsys):
+    spec = load_spec("full", overrides=tiny_overrides(tmp_path))
+    res = train(spec, progress=False, tracking_uri=_uri(tmp_path))
+    rc = main(["eval", "--run", str(res.run_dir), "--metrics", "attr_acc,fd_attr,rprec_damsm", "--n", "24",
+               "--batch-size", "10", "--tracking-uri", _uri(tmp_path), "--device", "cpu", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and res.run_id in out and "attr_acc" in out and "NoP" in out
+
+    client = mlflow.tracking.MlflowClient(_uri(tmp_path))
+    run = client.get_run(res.run_id)
+    assert run.info.status == "FINISHED"
+    exp = client.get_experiment(run.info.experiment_id)
+    assert len(client.search_runs([exp.experiment_id])) == 1  # no new run
+    metrics, tags = run.data.metrics, run.data.tags
+    for name in ("attr_acc", "fd_attr", "rprec_damsm", "attr_acc.colour", "attr_acc.count"):
+        assert name in metrics, name
+    assert "loss_d" in metrics  # the training's own metrics are still there: same run
+    proto = json.loads(tags["protocol.attr_acc"])
+    assert proto["n_images"] == 24 and proto["split"] == "test" and proto["truncation"] == spec.model.truncation
+    assert json.loads(tags["protocol.rprec_damsm"])["candidates"] == 100
+    hist = client.get_metric_history(res.run_id, "attr_acc")
+    assert [m.step for m in hist] == [spec.train.steps]
+
+    lines = _lines(res.run_dir)
+    assert [r["metric"] for r in lines] == ["attr_acc", "fd_attr", "rprec_damsm"]
+    for r in lines:
+        assert r["step"] == spec.train.steps and r["n_images"] == 24 and r["device"] == "cpu"
+        assert r["torch"] == torch.__version__ and r["seconds"] > 0 and r["source"] == "dfgan eval"
+        assert r["value"] == pytest.approx(metrics[r["metric"]])
+    assert 0.0 <= lines[0]["value"] <= 1.0 and 0.0 <= lines[2]["value"] <= 1.0
+    assert lines[0]["protocol"]["extractor"] == lines[1]["protocol"]["extractor"] == "attr_classifier"
+    assert lines[1]["protocol"]["reference"]["n"] == spec.data.n_test
+
+
+def test_periodic_evaluation_is_logged_and_does_not_change_training(tmp_path):
+    plain = train(load_spec("full", overrides=tiny_overrides(tmp_path / "a")), progress=False, tracking=False)
+    spec = load_spec("full", overrides=tiny_overrides(tmp_path / "b", **EVAL, **{"eval.interval": 2}))
+    res = train(spec, progress=False, tracking_uri=_uri(tmp_path))
+    lines = _lines(res.run_dir)
+    assert [(r["metric"], r["step"]) for r in lines] == [("attr_acc", 2), ("fd_attr", 2), ("attr_acc", 4),
+                                                         ("fd_attr", 4)]
+    assert all(r["source"] == "train" and r["n_images"] == 16 for r in lines)
+    client = mlflow.tracking.MlflowClient(_uri(tmp_path))
+    assert [m.step for m in client.get_metric_history(res.run_id, "fd_attr")] == [2, 4]
+    assert "protocol.fd_attr" in client.get_run(res.run_id).data.tags
+    # evaluation draws from its own generators: the trained weights are bit-identical to a run without it
+    wa = torch.load(plain.run_dir / "final_weights.pt", weights_only=True)["models"]
+    wb = torch.load(res.run_dir / "final_weights.pt", weights_only=True)["models"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_generated_images_do_not_depend_on_the_batch_size(tmp_path):
+    from dfgan.conditioning import TextConditioner
+    from dfgan.metrics.evaluate import generate_images
+    from dfgan.model import build_gan
+    from dfgan.nn.text_encoders import DAMSMTextEncoder
+    from dfgan.registry import DATASETS
+
+    spec = load_spec("full", overrides=tiny_overrides(tmp_path))
+    test = DATASETS.build("builtin", spec.data, "test")
+    torch.manual_seed(0)
+    enc = DAMSMTextEncoder(len(test.vocab), nhidden=spec.model.text_encoder.embedding_dim).eval()
+    gan = build_gan(spec, cond_dim=enc.output_dim, word_dim=enc.output_dim).eval()
+    cond = TextConditioner(enc, torch.device("cpu"), need_words=False, cache=False)
+
+    def run(bs):
+        parts = list(generate_images(gan.generator, cond, test, 20, bs, z_dim=spec.model.z_dim,
+                                     truncation=spec.model.truncation, device="cpu"))
+        return (torch.cat([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]))
+
+    a, ia, ja = run(3)
+    b, ib, jb = run(20)
+    assert a.dtype == torch.uint8 and a.shape == (20, 3, 32, 32)
+    assert (a.int() - b.int()).abs().max() <= 1  # float rounding of batched convs may move a value by one
+    assert (ia == ib).all() and (ja == jb).all()
+    assert ia.tolist() == [i % 16 for i in range(20)] and ja.tolist() == [0] * 16 + [1] * 4
+
+
+def test_eval_errors_name_what_is_wrong(tmp_path, capsys):
+    spec = load_spec("full", overrides=tiny_overrides(tmp_path, **{"train.steps": 2}))
+    res = train(spec, progress=False, tracking=False)
+    assert main(["eval", "--run", str(res.run_dir), "--metrics", "fid_birds", "--no-track"]) == 1
+    assert "unknown metric 'fid_birds'" in capsys.readouterr().err
+    rc = main(["eval", "--run", str(res.run_dir), "--metrics", "kid_test_clean", "--n", "8", "--no-track",
+               "--inception", str(tmp_path / "missing.pt"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "inception-2015-12-05.pt" in err and "missing.pt" in err
+    assert main(["eval", "--run", str(tmp_path / "nope"), "--no-track"]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["eval", "--list"]) == 0
+    assert "fd_effnet_lite0" in capsys.readouterr().out
