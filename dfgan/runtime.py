@@ -91,3 +91,14 @@ def runtime_info(device: Any = "cpu") -> dict[str, Any]:
                      "gpu_memory_gib": round(props.total_memory / 2**30, 1),
                      "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")})
     return info
+
+
+def bf16_is_fast(device: Any = "cpu") -> bool:
+    """Whether bf16 matmuls run natively here: a CUDA device that supports bf16, or a CPU with AVX512-BF16 or
+    AMX (elsewhere the CPU emulates them, and bf16 autocast is slower than fp32)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())

@@ -64,6 +64,15 @@ class Stepper:
         self.precision = precision
         self.channels_last = channels_last
         self.grad_sync = grad_sync  # callable(params) that averages grads across processes, or None
+        if precision == "bf16":
+            from dfgan.runtime import bf16_is_fast
+
+            if not bf16_is_fast(self.device):
+                import warnings
+
+                warnings.warn(f"train.precision=bf16 on {self.device}, which has no native bf16 matmuls (CPU: no "
+                              "AVX512-BF16/AMX; GPU: no bf16 support): expect it to be slower than fp32",
+                              stacklevel=2)
 
     def autocast(self):
         if self.precision == "bf16":
