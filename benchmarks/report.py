@@ -22,16 +22,18 @@ PARITY_MARKER = "<!-- parity-study: everything below is written by benchmarks/pa
 FIGURE = Path("figures") / "fusion_cost.png"
 
 
-def md_table(headers: list[str], rows: list[list[Any]]) -> str:
-    def cell(v):
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            if v != v:
-                return "n/a"
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-        return str(v)
+def cell(v: Any) -> str:
+    """A table cell: floats to 3 significant digits (thousands separated), None empty, NaN 'n/a'."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if v != v:
+            return "n/a"
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
 
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -90,17 +92,17 @@ def targets_section(k: dict[str, list[dict]]) -> tuple[str, list[str]]:
                          f"{fp32_x:.2f}x (cpu {r['speedup_cpu']['fp32']:.2f}x) {'ok' if ok_fp32 else 'MISSED'}",
                          f"{fast_x:.2f}x (cpu {r['speedup_cpu']['fast']:.2f}x)"
                          + ("" if target is None else f" vs {target}x {'ok' if ok_fast else 'MISSED'}"),
+                         " / ".join(cell(s[x]["images_per_s"]) for x in ("reference", "fp32", "fast")),
                          s["reference"]["gflop_per_image"],
                          " / ".join(pct(s[x]["fraction_of_peak"]) for x in ("reference", "fp32", "fast")),
-                         " / ".join(f"{mb(s[x]['peak_memory_bytes']):.0f}" if s[x]["peak_memory_bytes"] else "?"
-                                    for x in ("reference", "fp32", "fast"))])
+                         " / ".join(cell(mb(s[x]["peak_memory_bytes"])) or "?" for x in ("reference", "fp32", "fast"))])
             if target is not None:
                 verdicts.append(f"- {label} at {e['imsize']} px: fast path {fast_x:.2f}x the reference "
                                 f"(target {target}x: {'met' if ok_fast else 'MISSED'}); fp32 path {fp32_x:.2f}x "
                                 f"({'not slower: met' if ok_fp32 else 'slower: MISSED'}).")
     table = md_table(["what", "px", "batch", "reference ms", "fp32 ms", "fast ms", "fp32 vs reference",
-                      "fast vs reference", "GFLOP/image (ref)", "fraction of peak ref / fp32 / fast",
-                      "peak MiB ref / fp32 / fast"], rows)
+                      "fast vs reference", "images/s ref / fp32 / fast", "GFLOP/image (ref)",
+                      "fraction of peak ref / fp32 / fast", "peak MiB ref / fp32 / fast"], rows)
     return table, verdicts
 
 
