@@ -229,3 +229,27 @@ def test_metric_names_carry_their_protocol():
     assert [m.name for m in metrics("attr_acc, fd_attr,attr_acc")] == ["attr_acc", "fd_attr"]
     with pytest.raises(RegistryError, match="registered: .*attr_acc"):
         metric("fid_cub")
+
+
+def test_legacy_pytorch_inception_weights_load_from_a_local_file(tmp_path, monkeypatch):
+    """pytorch-fid's network built through clean-fid, its weights read from our file, never from the URL."""
+    import sys
+
+    import cleanfid.inception_pytorch as ip
+
+    def own_state(url, *a, **k):  # stands in for the real weights: the freshly built network's own state
+        return sys._getframe(1).f_locals["inception"].state_dict()
+
+    with monkeypatch.context() as m:
+        m.setattr(ip, "load_state_dict_from_url", own_state)
+        torch.manual_seed(0)
+        state = ip.fid_inception_v3().state_dict()
+    path = tmp_path / fidlib.LEGACY_FILE
+    torch.save(state, path)
+    monkeypatch.setattr(ip, "load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(AssertionError("url")))
+    net = fidlib.load_inception("legacy_pytorch", "cpu", path)
+    assert net.logits is None and net.weights == path.resolve()
+    assert torch.equal(net.module.blocks[0][0].conv.weight, state["Conv2d_1a_3x3.conv.weight"])
+    x = torch.rand(2, 3, 299, 299) * 255
+    f = net.features(x)
+    assert f.shape == (2, fidlib.INCEPTION_DIM) and torch.isfinite(f).all()

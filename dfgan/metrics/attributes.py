@@ -35,10 +35,10 @@ from torch import nn
 from dfgan.metrics.features import Extractor, extract, real_batches
 from dfgan.paths import cache_dir
 
-CLASSIFIER_VERSION = 1  # bump when the recipe below changes: cached classifiers are retrained
+CLASSIFIER_VERSION = 2  # bump when the recipe below changes: cached classifiers are retrained
 INPUT_SIZE = 32  # classifier resolution (images are area-downsampled to it)
 WIDTH = 16  # channels of the first conv layer
-FEATURE_DIM = 128  # penultimate features (the fd_attr feature space)
+FEATURE_DIM = 128  # penultimate features, before their ReLU (the fd_attr feature space)
 EPOCHS = 8
 BATCH = 64
 MAX_LR = 3e-3
@@ -53,7 +53,8 @@ def _attributes() -> dict[str, list[str]]:
 
 
 class AttributeClassifier(nn.Module):
-    """Predicts every built-in attribute from an image in [-1, 1]; ``features`` is the penultimate layer."""
+    """Predicts every built-in attribute from an image in [-1, 1]; ``forward`` returns (features, logits per
+    attribute), the features being the penultimate layer before its ReLU."""
 
     def __init__(self, classes: dict[str, int], width: int = WIDTH, feature_dim: int = FEATURE_DIM):
         super().__init__()
@@ -66,10 +67,11 @@ class AttributeClassifier(nn.Module):
         self.trunk = nn.Sequential(
             *block(3, c, 1), *block(c, 2 * c, 2), *block(2 * c, 2 * c, 1), *block(2 * c, 4 * c, 2),
             *block(4 * c, 4 * c, 1), *block(4 * c, 8 * c, 2), nn.Flatten(),
-            nn.Linear(8 * c * side * side, feature_dim), nn.ReLU(inplace=True),
+            nn.Linear(8 * c * side * side, feature_dim),
         )
         self.classes = dict(classes)
-        self.heads = nn.Linear(feature_dim, sum(self.classes.values()))
+        # features are taken before this ReLU: no dead (constant) units, so their covariance is full rank
+        self.heads = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, sum(self.classes.values())))
 
     @staticmethod
     def prepare(images: torch.Tensor) -> torch.Tensor:

@@ -239,12 +239,13 @@ def _json_safe(x):
 
 def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_dir=None, sink=None,
              options: EvalOptions | None = None, train_dataset=None, source: str = "eval",
-             skip_unavailable: bool = False) -> list[dict]:
+             skip_unavailable: bool = False, extractor_cache: dict | None = None) -> list[dict]:
     """Compute ``metric_names`` for the generator of ``gan`` and record them; returns the records.
 
     ``train_dataset`` (built from the spec when missing) trains the attribute classifier and the DAMSM
     evaluator; test captions and reference images come from each metric's split. With ``skip_unavailable``, a
-    metric whose feature extractor cannot be built (e.g. missing Inception weights) is skipped with a warning."""
+    metric whose feature extractor cannot be built (e.g. missing Inception weights) is skipped with a warning.
+    ``extractor_cache`` (a dict kept by the caller) reuses networks between evaluations of one run."""
     import dfgan.components  # noqa: F401
     from dfgan.registry import DATASETS
 
@@ -277,8 +278,13 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_dir
         for d in group:
             if d.extractor in extractors:
                 continue
+            if extractor_cache is not None and (split, d.extractor) in extractor_cache:
+                extractors[d.extractor] = extractor_cache[(split, d.extractor)]
+                continue
             try:
                 extractors[d.extractor] = _build_extractor(d.extractor, ctx)
+                if extractor_cache is not None:
+                    extractor_cache[(split, d.extractor)] = extractors[d.extractor]
             except (fidlib.InceptionWeightsMissing, FileNotFoundError) as e:
                 if not skip_unavailable:
                     raise
@@ -342,9 +348,16 @@ def evaluate_during_training(spec, gan, conditioner, dataset, device, tracker, s
     """What the training loop calls every ``spec.eval.interval`` steps and at the end: ``spec.eval.metrics``
     on ``spec.eval.n_images`` images, logged to the run's MLflow run and ``metrics.jsonl``. Metrics whose
     weights are missing on this machine are skipped with a warning instead of stopping the training."""
+    cache = _TRAINING_EXTRACTORS.setdefault((spec.hash(), str(device)), {})
+    if len(_TRAINING_EXTRACTORS) > 1:  # keep only the networks of the run being trained
+        for key in [k for k in _TRAINING_EXTRACTORS if k != (spec.hash(), str(device))]:
+            del _TRAINING_EXTRACTORS[key]
     return evaluate(spec, gan, conditioner, device, spec.eval.metrics, step=step, run_dir=run_dir,
                     sink=TrackerSink(tracker) if tracker is not None else None, train_dataset=dataset,
-                    source="train", skip_unavailable=True)
+                    source="train", skip_unavailable=True, extractor_cache=cache)
+
+
+_TRAINING_EXTRACTORS: dict[tuple[str, str], dict] = {}
 
 
 # ---- a finished run ----------------------------------------------------------------------------------------------

@@ -16,7 +16,10 @@ Inception weights never come from the network:
   ``$DFGAN_INCEPTION_LEGACY``, then the torch hub cache where pytorch-fid keeps it.
 
 A missing file raises :class:`InceptionWeightsMissing` naming the file and where to put it, before clean-fid
-is asked for anything (its own code would try to download).
+is asked for anything (its own code would try to download). clean-fid's ``compute_*`` entry points and their
+defaults (``device=cuda``, 12 loader workers, DataParallel, which breaks on any GPU but cuda:0) are never used
+for evaluation: the networks are built here on an explicit device, without DataParallel, and images are
+streamed in-process (no DataLoader, so no workers).
 """
 
 from __future__ import annotations
@@ -207,6 +210,7 @@ class InceptionNet:
     weights: Path
     features: Callable[[torch.Tensor], torch.Tensor]
     logits: Callable[[torch.Tensor], torch.Tensor] | None
+    module: torch.nn.Module
 
 
 def load_inception(mode: str, device, path: str | os.PathLike | None = None) -> InceptionNet:
@@ -233,7 +237,7 @@ def load_inception(mode: str, device, path: str | os.PathLike | None = None) -> 
         net = InceptionV3W(str(folder), download=False, resize_inside=False).to(device).eval()
         out = getattr(net.base, "output", None)
         logits = (lambda f: f @ out.weight.t()) if out is not None else None
-        return InceptionNet(mode, weights, lambda x: net(x), logits)
+        return InceptionNet(mode, weights, lambda x: net(x), logits, net)
     import cleanfid.inception_pytorch as ip
 
     def local_state(url, *args, **kwargs):  # replaces the download inside pytorch-fid's loader
@@ -241,4 +245,4 @@ def load_inception(mode: str, device, path: str | os.PathLike | None = None) -> 
 
     with mock.patch.object(ip, "load_state_dict_from_url", local_state):
         net = ip.InceptionV3(output_blocks=[3], resize_input=False).to(device).eval()
-    return InceptionNet(mode, weights, lambda x: net(x / 255)[0].squeeze(-1).squeeze(-1), None)
+    return InceptionNet(mode, weights, lambda x: net(x / 255)[0].squeeze(-1).squeeze(-1), None, net)
