@@ -8,8 +8,9 @@ requested metrics need; nothing is written to disk. A metric asking for fewer im
 the first ones (features do not depend on the batch), so ``fid1k`` and ``fid30k`` can share one pass.
 
 Every value is appended as one JSON line to ``<run_dir>/metrics.jsonl`` (metric, value, step, image count,
-protocol, details, seconds, device, torch version) and mirrored to MLflow: metric ``<name>`` (and
-``<name>.<detail>``) at the step, tag ``protocol.<name>`` = the protocol as JSON.
+protocol, details, seconds, device, torch version; ``seconds`` = the shared generation and feature pass plus
+the metric's own computation, ``setup_seconds`` = loading or training the feature networks) and mirrored to
+MLflow: metric ``<name>`` (and ``<name>.<detail>``) at the step, tag ``protocol.<name>`` = the protocol as JSON.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_dir
         test = DATASETS.build(spec.data.name, spec.data, split)
         ctx = {"device": device, "options": options, "spec": spec, "train": train, "test": test,
                "batch_size": batch_size, "conditioner": conditioner}
-        t0 = time.perf_counter()
+        t_setup = time.perf_counter()
         extractors: dict[str, Extractor] = {}
         for d in group:
             if d.extractor in extractors:
@@ -289,10 +290,12 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_dir
                 if not skip_unavailable:
                     raise
                 warnings.warn(f"skipping {d.name}: {e}", stacklevel=2)
-                print(f"dfgan eval: skipping {d.name}: {e}", file=sys.stderr)
+                print(f"dfgan: skipping metric {d.name}: {e}", file=sys.stderr)
         group = [d for d in group if d.extractor in extractors]
         if not group:
             continue
+        setup_seconds = time.perf_counter() - t_setup  # networks loaded or trained once (classifier, DAMSM)
+        t0 = time.perf_counter()
         n_gen = max(d.count or n_default for d in group)
         parts: dict[str, dict[str, list[np.ndarray]]] = {k: {} for k in extractors}
         idx_i, idx_j = [], []
@@ -324,7 +327,8 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_dir
                 "metric": d.name, "value": float(value), "step": int(step), "n_images": count,
                 "details": details, "protocol": protocol,
                 "seconds": round(pass_seconds + time.perf_counter() - t1, 3),
-                "pass_seconds": round(pass_seconds, 3), "device": str(device), "torch": torch.__version__,
+                "pass_seconds": round(pass_seconds, 3), "setup_seconds": round(setup_seconds, 3),
+                "device": str(device), "torch": torch.__version__,
                 "time": datetime.now(UTC).isoformat(timespec="seconds"), "source": source,
                 "spec_hash": spec.hash(), "variant": spec.name,
             }
