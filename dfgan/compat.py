@@ -63,6 +63,14 @@ def check_compatibility(spec) -> None:
                 + (f" (chosen: {chosen})" if chosen else "")
                 + (f"; components that provide it: {', '.join(givers)}" if givers else "")
             )
+    if spec.eval.metrics:
+        from dfgan.metrics.registry import metric
+
+        for i, name in enumerate(spec.eval.metrics):
+            try:
+                metric(name)
+            except RegistryError as e:
+                errors.append(f"eval.metrics[{i}]: {e}")
     if errors:
         raise SpecError("incompatible spec:\n  " + "\n  ".join(errors))
 

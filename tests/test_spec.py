@@ -76,3 +76,9 @@ def test_spec_file_extends_variant(tmp_path):
     f.write_text("extends: no_magp\nmodel: {nf: 8}\n")
     spec = load_spec(spec_file=f)
     assert spec.model.nf == 8 and spec.model.regulariser.name == "none"
+
+
+def test_unknown_metric_fails_at_validation():
+    with pytest.raises(SpecError, match=r"eval\.metrics\[1\]: unknown metric 'fid_nonsense'"):
+        load_spec("full", overrides=["eval.metrics=[attr_acc, fid_nonsense]"])
+    assert load_spec("full", overrides=["eval.metrics=[attr_acc, fid2k_test_clean]"]).eval.metrics[1] == "fid2k_test_clean"
