@@ -47,6 +47,20 @@ def pct(x) -> str:
     return "" if x is None or x != x else f"{100 * x:.0f}%"
 
 
+def best_peaks(k: dict[str, list[dict]]) -> dict[str, float]:
+    """The best matmul rate (GFLOP/s) per precision seen in the run (measured at its start and its end)."""
+    out: dict[str, float] = {}
+    for e in k.get("matmul_peak", []):
+        out[e["precision"]] = max(out.get(e["precision"], 0.0), e["peak_gflop_per_s"])
+    return out
+
+
+def frac(e: dict, peaks: dict[str, float]) -> float | None:
+    """Achieved FLOP/s of a record (or side) as a fraction of the best matmul peak of its precision."""
+    p = peaks.get(e.get("peak_precision", ""))
+    return e["achieved_gflop_per_s"] / p if p else e.get("fraction_of_peak")
+
+
 def by_kind(records: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in records:
@@ -74,12 +88,20 @@ def machine_section(records: list[dict], data: dict) -> str:
 
 
 def peaks_section(k: dict[str, list[dict]]) -> str:
-    rows = [[e["precision"], e["n"], e["peak_gflop_per_s"], e["median_gflop_per_s"]] for e in k.get("matmul_peak", [])]
-    return md_table(["precision", "n (n x n x n)", "peak GFLOP/s (best of 5)", "median GFLOP/s"], rows)
+    rows = []
+    for e in sorted(k.get("matmul_peak", []), key=lambda e: (e["precision"], e["when"])):
+        rows.append([f"matmul {e['precision']}", e["when"], f"{e['n']}^3", e["peak_gflop_per_s"]])
+    for e in sorted(k.get("conv3x3_rate", []), key=lambda e: (e["precision"], e["when"])):
+        rows.append([f"3x3 conv {e['precision']} (effective)", e["when"],
+                     f"{e['batch']}x{e['channels']}x{e['side']}^2", e["gflop_per_s"]])
+    return (md_table(["what", "when", "size", "GFLOP/s (best of 3 x 3)"], rows) + "\n\nFractions of peak below use the "
+            "best matmul rate of the run for the configuration's precision. A 3x3 convolution can run above it: "
+            "oneDNN computes it with fewer multiplications than the direct-convolution FLOPs counted here "
+            "(Winograd-type algorithms), so fractions above 100% are possible for convolution-bound work.")
 
 
 def targets_section(k: dict[str, list[dict]]) -> tuple[str, list[str]]:
-    rows, verdicts = [], []
+    rows, verdicts, peaks = [], [], best_peaks(k)
     for kind, label in (("target_sampling", "sampling"), ("target_train_step", "train step")):
         for e in sorted(k.get(kind, []), key=lambda e: e["imsize"]):
             s, r = e["sides"], e["ratios"]
@@ -94,7 +116,7 @@ def targets_section(k: dict[str, list[dict]]) -> tuple[str, list[str]]:
                          + ("" if target is None else f" vs {target}x {'ok' if ok_fast else 'MISSED'}"),
                          " / ".join(cell(s[x]["images_per_s"]) for x in ("reference", "fp32", "fast")),
                          s["reference"]["gflop_per_image"],
-                         " / ".join(pct(s[x]["fraction_of_peak"]) for x in ("reference", "fp32", "fast")),
+                         " / ".join(pct(frac(s[x], peaks)) for x in ("reference", "fp32", "fast")),
                          " / ".join(cell(mb(s[x]["peak_memory_bytes"])) or "?" for x in ("reference", "fp32", "fast"))])
             if target is not None:
                 verdicts.append(f"- {label} at {e['imsize']} px: fast path {fast_x:.2f}x the reference "
@@ -107,20 +129,20 @@ def targets_section(k: dict[str, list[dict]]) -> tuple[str, list[str]]:
 
 
 def sampling_section(k: dict[str, list[dict]]) -> str:
-    rows = []
+    rows, peaks = [], best_peaks(k)
     for e in sorted(k.get("sampling", []), key=lambda e: (e["backbone"], e["fusion"], e["imsize"], e["speed"])):
         rows.append([e["backbone"], e["fusion"], e["imsize"], e["batch"], e["speed"], e["images_per_s"],
-                     e["gflop_per_image"], e["achieved_gflop_per_s"], pct(e["fraction_of_peak"]),
+                     e["gflop_per_image"], e["achieved_gflop_per_s"], pct(frac(e, peaks)),
                      mb(e.get("peak_memory_bytes"))])
     return md_table(["backbone", "fusion", "px", "batch", "config", "images/s", "GFLOP/image", "GFLOP/s",
                      "of peak", "peak MiB"], rows)
 
 
 def variants_section(k: dict[str, list[dict]]) -> str:
-    rows = []
+    rows, peaks = [], best_peaks(k)
     for e in sorted(k.get("train_step", []), key=lambda e: (e["variant"], e["speed"])):
         rows.append([e["variant"], e["speed"], e["imsize"], e["batch"], e["steps_per_s"], e["images_per_s"],
-                     e["gflop_per_call"], pct(e["fraction_of_peak"]), mb(e.get("peak_memory_bytes"))])
+                     e["gflop_per_call"], pct(frac(e, peaks)), mb(e.get("peak_memory_bytes"))])
     return md_table(["variant", "config", "px", "batch", "steps/s", "images/s", "GFLOP/step", "of peak",
                      "peak MiB"], rows)
 
@@ -186,11 +208,19 @@ def components_section(k: dict[str, list[dict]]) -> str:
                  "sentence cache of `dfgan.conditioning.TextConditioner`):\n\n"
                  + md_table(["encoder", "batch", "parameters", "encode ms", "captions/s", "cached ms",
                              "cache speed-up"], rows))
-    rows = [[e["imsize"], e["n_mlps"], e["ratios"]["sides"]["per_affine"]["wall_median_s"] * 1e3,
+    rows = [[e["imsize"], e["dtype"], e["n_mlps"], e["ratios"]["sides"]["per_affine"]["wall_median_s"] * 1e3,
              e["ratios"]["sides"]["fused"]["wall_median_s"] * 1e3, f"{e['ratios']['speedup_wall']['fused']:.2f}x"]
             for e in k.get("fused_affine", [])]
     parts.append("**Fused affine modulation alone** (all DFBlock (gamma, beta) of the generator, forward + "
-                 "backward, batch 8):\n\n" + md_table(["px", "MLPs", "per-affine ms", "fused ms", "speed-up"], rows))
+                 "backward, batch 8):\n\n" + md_table(["px", "dtype", "MLPs", "per-affine ms", "fused ms", "speed-up"],
+                                                      rows))
+    rows = [[e["option"], e["workload"], e["dtype"], e["imsize"], e["batch"],
+             e["ratios"]["sides"]["off"]["wall_median_s"] * 1e3, e["ratios"]["sides"]["on"]["wall_median_s"] * 1e3,
+             f"{e['ratios']['speedup_wall']['on']:.2f}x", f"{e['ratios']['speedup_cpu']['on']:.2f}x"]
+            for e in sorted(k.get("option_gain", []), key=lambda e: (e["option"], e["workload"], e["dtype"]))]
+    parts.append("**Each speed option on vs off** (`full`, the other options on, interleaved; > 1 means the "
+                 "option makes it faster):\n\n" + md_table(["option", "workload", "dtype", "px", "batch", "off ms",
+                                                            "on ms", "speed-up (wall)", "speed-up (cpu)"], rows))
     rows = [[e["imsize"], e["batch"], e["speed"], e["compile_seconds"],
              e["ratios"]["sides"]["eager"]["wall_median_s"] * 1e3,
              e["ratios"]["sides"]["compiled"]["wall_median_s"] * 1e3,

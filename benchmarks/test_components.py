@@ -86,7 +86,8 @@ def test_text_encoder(benchmark, record, device, profile, text_encoder):
            cached_seconds=cached.median(), cache_speedup=seconds / max(cached.median(), 1e-9))
 
 
-def test_fused_affine_alone(benchmark, record, device, profile):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_affine_alone(benchmark, record, device, profile, precision):
     """Every DFBlock modulation of the 256 px generator: per-affine MLPs vs ``FusedModulator``, fwd + bwd."""
     from dfgan.nn.fused import FusedModulator
 
@@ -97,18 +98,24 @@ def test_fused_affine_alone(benchmark, record, device, profile):
     mod = FusedModulator(G)
     cond = torch.randn(8, G.z_dim + COND_DIM, device=device)
 
+    def ctx():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
     def per_affine():
-        out = [a.modulation(cond) for a in mod.affines]
-        sum(g.sum() + b.sum() for g, b in out).backward()
+        with ctx():
+            out = [a.modulation(cond) for a in mod.affines]
+        sum(g.float().sum() + b.float().sum() for g, b in out).backward()
         sync(device)
 
     def fused():
-        out = mod(cond)
-        sum(g.sum() + b.sum() for pair in out for m in pair if m for g, b in m).backward()
+        with ctx():
+            out = mod(cond)
+        sum(g.float().sum() + b.float().sum() for pair in out for m in pair if m for g, b in m).backward()
         sync(device)
 
     times = interleaved(benchmark, {"per_affine": per_affine, "fused": fused}, main="fused", rounds=20, warmup=2)
-    record(kind="fused_affine", **config_record(spec, "fp32", device), n_mlps=mod.n_mlps,
+    record(kind="fused_affine", **config_record(spec, "fast" if precision == "bf16" else "fp32", device),
+           n_mlps=mod.n_mlps,
            ratios=ratio_report(times, "per_affine"))
 
 
@@ -131,3 +138,25 @@ def test_compile_sampling(benchmark, record, device, profile, speed):
     rep = ratio_report(times, "eager")
     record(kind="compile", **config_record(spec, speed, device), compile_seconds=compile_s, ratios=rep,
            break_even_calls=compile_s / max(times["eager"].median() - times["compiled"].median(), 1e-9))
+
+
+OPTIONS = ("channels_last", "fused_affine")
+
+
+@pytest.mark.parametrize("workload", ["train_step", "sampling"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("option", OPTIONS)
+def test_option_gain(benchmark, record, device, profile, option, precision, workload):
+    """One speed option on vs off, everything else as in the fast configuration of that precision
+    (``full``, interleaved): the evidence for each option's default."""
+    imsize, batch, rounds = profile.option_train if workload == "train_step" else profile.option_sample
+    base = [f"train.precision={precision}"] + [f"train.{o}=true" for o in OPTIONS if o != option]
+    specs = {state: bench_spec("full", imsize=imsize, nf=profile.nf, batch=batch, speed="fast", device=device.type,
+                               overrides=base + [f"train.{option}={state}"]) for state in ("false", "true")}
+    gan, _ = build_models(specs["false"], device)
+    make = (lambda s: TrainWorkload(s, device, gan=gan)) if workload == "train_step" else \
+        (lambda s: SampleWorkload(s, device, gan=gan))
+    sides = {"off": make(specs["false"]), "on": make(specs["true"])}
+    times = interleaved(benchmark, sides, main="on", rounds=rounds, warmup=1)
+    record(kind="option_gain", option=option, workload=workload, **config_record(specs["true"], "option", device),
+           ratios=ratio_report(times, "off"))

@@ -44,3 +44,35 @@ def test_fusion_block(benchmark, record, device, profile, fusion, fusion_side):
            threads=torch.get_num_threads(), torch=torch.__version__, seconds=seconds,
            ms_per_image=seconds / b * 1e3, gflop_per_image=flops / b / 1e9,
            parameters=sum(p.numel() for p in block.parameters()), peak_memory_bytes=memory.get("peak_bytes"))
+
+
+def test_word_region_attention_alone(benchmark, record, device, profile, fusion_side):
+    """The attention inside ``cross_attention`` without its joint conv: AttnGAN's word-region attention,
+    whose cost grows with regions x words (the part the paper's argument is about)."""
+    import dfgan.components  # noqa: F401
+    from dfgan.registry import FUSIONS
+
+    if "cross_attention" not in FUSIONS:
+        pytest.skip("no cross_attention fusion registered")
+    from dfgan.nn.fusion import WordRegionAttention
+
+    c, b, side = profile.fusion_channels, profile.fusion_batch, fusion_side
+    attn = WordRegionAttention(COND_DIM, c).to(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, c, side, side, generator=g).to(device).requires_grad_(True)
+    words = torch.randn(b, COND_DIM, N_WORDS, generator=g).to(device)
+    weight = torch.randn(b, c, side, side, generator=g).to(device)
+
+    def fwd_bwd():
+        ctx, _ = attn(x, words, None)
+        (ctx * weight).sum().backward()
+        sync(device)
+
+    flops = count_flops(fwd_bwd)
+    benchmark.pedantic(fwd_bwd, rounds=profile.fusion_rounds, warmup_rounds=1)
+    seconds = benchmark.stats.stats.median
+    record(kind="fusion_cost", fusion="cross_attention (attention only)", block=type(attn).__name__, side=side,
+           regions=side * side, channels=c, batch=b, words=N_WORDS, device=str(device), dtype="float32",
+           threads=torch.get_num_threads(), torch=torch.__version__, seconds=seconds,
+           ms_per_image=seconds / b * 1e3, gflop_per_image=flops / b / 1e9,
+           parameters=sum(p.numel() for p in attn.parameters()), peak_memory_bytes=None)

@@ -10,7 +10,6 @@ from benchmarks.harness import (
     bench_spec,
     config_record,
     count_flops,
-    peak_for,
     peak_memory,
     rates,
 )
@@ -20,6 +19,8 @@ from dfgan.spec import SpecError
 @pytest.mark.parametrize("speed", ["fp32", "fast"])
 def test_sampling(benchmark, record, peaks, device, profile, sample_cfg, backbone, fusion, speed):
     imsize, batch, rounds = sample_cfg
+    if speed == "fp32" and profile.sample_fp32_max and imsize > profile.sample_fp32_max:
+        pytest.skip(f"profile {profile.name}: fp32 sampling only up to {profile.sample_fp32_max} px (time budget)")
     try:
         spec = bench_spec("full", imsize=imsize, nf=profile.nf, batch=batch, speed=speed, device=device.type,
                           overrides=[f"model.backbone={backbone}", f"model.fusion.name={fusion}"])
@@ -31,6 +32,6 @@ def test_sampling(benchmark, record, peaks, device, profile, sample_cfg, backbon
     benchmark.pedantic(work, rounds=rounds, warmup_rounds=1)
     seconds = benchmark.stats.stats.median
     record(kind="sampling", **config_record(spec, speed, device),
-           **rates(flops, seconds, batch, peak_for(speed, peaks)),
+           **rates(flops, seconds, batch, speed, peaks),
            peak_memory_bytes=memory.get("peak_bytes"), memory_method=memory.get("method"),
            options_applied=work.options)

@@ -13,7 +13,6 @@ from benchmarks.harness import (
     config_record,
     count_flops,
     interleaved,
-    peak_for,
     peak_memory,
     rates,
     ratio_report,
@@ -37,7 +36,7 @@ def _compare(kind, benchmark, record, peaks, device, profile, cfg, make):
     per_side = {}
     for s in SPEEDS:
         per_side[s] = {**config_record(specs[s], s, device),
-                       **rates(flops[s], times[s].median("wall"), batch, peak_for(s, peaks)),
+                       **rates(flops[s], times[s].median("wall"), batch, s, peaks),
                        "cpu_seconds": times[s].median("cpu"),
                        "peak_memory_bytes": memory.get(s, {}).get("peak_bytes"),
                        "options_applied": getattr(sides[s], "options", {})}

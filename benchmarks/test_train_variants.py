@@ -10,7 +10,6 @@ from benchmarks.harness import (
     bench_spec,
     config_record,
     count_flops,
-    peak_for,
     peak_memory,
     rates,
 )
@@ -30,7 +29,7 @@ def test_train_step(benchmark, record, peaks, device, profile, variant, speed):
     benchmark.pedantic(work, rounds=rounds, warmup_rounds=1)
     seconds = benchmark.stats.stats.median
     record(kind="train_step", **config_record(spec, speed, device),
-           **rates(flops, seconds, batch, peak_for(speed, peaks)),
+           **rates(flops, seconds, batch, speed, peaks),
            steps_per_s=1.0 / seconds, peak_memory_bytes=memory.get("peak_bytes"),
            memory_method=memory.get("method"), options_applied=work.options,
            description=spec.description)
