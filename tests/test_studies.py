@@ -208,22 +208,23 @@ def test_single_variant_command(env):
 
 
 def test_search_reports_prunes_and_exports(env, monkeypatch, tmp_path):
-    """TPE over lr_g; a stand-in periodic metric (peaked at lr_g = 1e-4) reaches the trials through the
-    training loop's on_eval hook; the median pruner stops the worse ones; the best becomes a variant file."""
+    """TPE over lr_g; a stand-in for the periodic attr_acc (peaked at lr_g = 1e-4, so the test knows the
+    values) reaches the trials through the training loop's on_eval hook; the median pruner stops the worse
+    ones; the best becomes a variant file."""
 
     def score(spec):
         return -abs(math.log10(spec.train.lr_g) + 4.0)
 
     def fake_eval(spec, gan, conditioner, dataset, device, tracker, step, run_dir):
-        values = {"fake_score": score(spec)}
+        values = {"attr_acc": score(spec)}
         tracker.metrics(values, step)
         return values
 
     monkeypatch.setattr(dfgan.metrics, "evaluate_during_training", fake_eval, raising=False)
     export = tmp_path / "tuned_best.yaml"
-    over = [*env["overrides"], "train.steps=4", "eval.interval=1", "eval.metrics=[fake_score]"]
+    over = [*env["overrides"], "train.steps=4", "eval.interval=1", "eval.metrics=[attr_acc]"]
     out = run_search(study="tune", variant="full", params=parse_params("train.lr_g=loguniform(1e-6,1e-2)"),
-                     n_trials=4, metric="fake_score", direction="maximize", overrides=over,
+                     n_trials=4, metric="attr_acc", direction="maximize", overrides=over,
                      storage_url=env["storage"], tracking_uri=env["uri"], export=export, sampler_seed=3,
                      echo=lambda s: None)
     study = optuna.load_study(study_name="tune", storage=open_storage(env["storage"]))
@@ -249,3 +250,35 @@ def test_search_reports_prunes_and_exports(env, monkeypatch, tmp_path):
     runs = _cell_runs(env["uri"], "tune")
     pruned_runs = runs[runs.get("tags.pruned", "") == "true"]
     assert len(pruned_runs) == out.pruned and (pruned_runs["status"] == "KILLED").all()
+
+
+def test_dead_worker_trial_is_failed_and_retried(env):
+    """A worker killed mid-cell leaves its trial RUNNING: the next invocation fails it (process gone) and
+    trains the cell; a bad search setup fails before any trial."""
+    import subprocess
+    import sys
+
+    from dfgan.studies.grid import load_or_create_study
+    from dfgan.studies.ledger import worker_identity
+
+    plan = plan_study(adhoc_definition("dead", ["no_magp"], 1), overrides=env["overrides"])
+    e = plan.entries[0]
+    study = load_or_create_study("dead", open_storage(env["storage"]), kind="grid",
+                                 sampler=optuna.samplers.RandomSampler(), direction="maximize")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial = study.ask()
+    for k, v in {"spec_hash": e.hash, "cell": e.cell.label, "seed": e.seed, "outcome": "running",
+                 "worker": {**worker_identity(), "pid": int(gone.stdout)}}.items():
+        trial.set_user_attr(k, v)
+    assert study_status(plan, env["storage"])[0]["status"].startswith("stale")
+    out = run_study(plan, storage_url=env["storage"], tracking_uri=env["uri"], echo=lambda s: None)
+    assert out.requeued == [e.key] and out.trained == [e.key]
+    states = {t.number: t for t in optuna.load_study(study_name="dead", storage=open_storage(env["storage"])).trials}
+    assert states[trial.number].state == TrialState.FAIL and "stopped without finishing" in \
+        states[trial.number].user_attrs["error"]
+
+    with pytest.raises(SpecError, match="unknown metric 'nope'"):
+        run_search(study="bad", variant="full", params=parse_params("train.lr_g=uniform(1e-4,2e-4)"), n_trials=1,
+                   metric="attr_acc", overrides=[*env["overrides"], "eval.metrics=[nope]"],
+                   storage_url=env["storage"], tracking_uri=env["uri"], echo=lambda s: None)
+    assert "bad" not in [s.study_name for s in optuna.get_all_study_summaries(open_storage(env["storage"]))]

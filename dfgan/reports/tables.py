@@ -152,7 +152,8 @@ def table_differences(cells: pd.DataFrame, order: list[str], metrics: list[str],
     how = ("paired over common seeds" if paired == {True} else
            "independent resampling of the two groups" if paired == {False} else
            "paired where both rows share their seeds, else independent")
-    notes = [f"Metric: {metric_note}.",
+    also = [m for m in metrics if not metric_note.startswith(m + " ")]
+    notes = [f"Primary metric: {metric_note}." + (f" Also shown: {', '.join(also)}." if also else ""),
              f"Δ = row mean - {reference} mean; {int(CONFIDENCE * 100)}% percentile bootstrap interval "
              f"({n_boot} resamples, {how}); {SIG_MARK} = the interval excludes zero. With 2-3 seeds intervals "
              "are coarse: read them as a floor on the uncertainty, not a test."]

@@ -16,6 +16,7 @@ grid instead of being mistaken for the finished one). We drive it with ask/tell:
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -161,10 +162,15 @@ def load_or_create_study(name: str, storage, *, kind: str, sampler, direction: s
 
 
 def _objective_value(metrics: dict[str, float], preferred: str | None) -> tuple[float, str]:
+    """The value Optuna records for a finished cell (grid studies do not optimise it: it is for dashboards).
+    A non-finite value would make Optuna mark the trial failed; it is recorded as 0 with a note instead."""
     name, _ = choose_metric(list(metrics), preferred)
     if name is None:
         return 0.0, "none"
-    return float(metrics[name]), name
+    value = float(metrics[name])
+    if not math.isfinite(value):
+        return 0.0, f"{name} (was {value}; 0 recorded)"
+    return value, name
 
 
 class _Progress:
@@ -192,8 +198,11 @@ def study_status(plan: StudyPlan, storage_url: str | None = None) -> list[dict]:
     rows = []
     for e in plan.entries:
         st = states.get(e.hash)
-        rows.append({"cell": e.cell.label, "seed": e.seed, "spec_hash": e.hash,
-                     "status": st.status if st else "pending", "error": st.last_error() if st else None})
+        status = st.status if st else "pending"
+        if status == "running" and all(is_stale(t) for t in st.running):
+            status = "stale (worker gone: retried by the next invocation)"
+        rows.append({"cell": e.cell.label, "seed": e.seed, "spec_hash": e.hash, "status": status,
+                     "error": st.last_error() if st else None})
     return rows
 
 
@@ -224,7 +233,8 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
         say("stale", f"trial #{t.number} ({t.user_attrs.get('cell')} seed={t.user_attrs.get('seed')}): worker "
                      "gone, marked failed")
         try:
-            mark_runs(uri, plan.name, t.number, "KILLED", {"error": "worker stopped"}, only_status="RUNNING")
+            mark_runs(uri, plan.name, t.number, "KILLED", {"stopped": "worker process gone; the cell is retried"},
+                      only_status="RUNNING", parents=True)
         except Exception:  # MLflow unreachable: the run stays RUNNING, the cell is retried all the same
             pass
 

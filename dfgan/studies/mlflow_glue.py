@@ -118,8 +118,9 @@ def run_metrics(uri: str, run_id: str) -> dict[str, float]:
 
 
 def mark_runs(uri: str, study: str, trial_number: int, status: str, tags: dict[str, Any],
-              only_status: str | None = None) -> int:
-    """Set status and tags on the cell runs of one trial (e.g. a pruned or a dead worker's run)."""
+              only_status: str | None = None, parents: bool = False) -> int:
+    """Set status and tags on the cell runs of one trial (e.g. a pruned or a dead worker's run); with
+    ``parents``, also end their still-running invocation runs with the same status."""
     import mlflow
 
     f = f"tags.trial = '{trial_number}'" + (f" and attributes.status = '{only_status}'" if only_status else "")
@@ -129,4 +130,9 @@ def mark_runs(uri: str, study: str, trial_number: int, status: str, tags: dict[s
         for k, v in tags.items():
             client.set_tag(run_id, k, str(v))
         client.set_terminated(run_id, status)
+    if parents and "tags.mlflow.parentRunId" in runs:
+        for pid in set(runs["tags.mlflow.parentRunId"].dropna()):
+            if client.get_run(pid).info.status == "RUNNING":
+                client.set_tag(pid, "stopped", "worker process gone")
+                client.set_terminated(pid, status)
     return len(runs)

@@ -170,6 +170,7 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
     overrides = list(overrides)
     check_params(params, variant, overrides)
     base = base_spec(variant, overrides)
+    cell_spec(Cell(variant, variant), base.train.seed, study, overrides, base.train.out_dir)  # errors before trials
     storage_url = storage_url or default_storage_url(base.train.out_dir)
     uri = resolve_uri(tracking_uri, base.train.out_dir)
     storage_label = describe_storage(storage_url)
@@ -193,6 +194,11 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
                         f"not {direction}")
     for t in fail_stale_trials(ostudy):
         say("stale", f"trial #{t.number}: worker gone, marked failed")
+        try:
+            mark_runs(uri, study, t.number, "KILLED", {"stopped": "worker process gone"}, only_status="RUNNING",
+                      parents=True)
+        except Exception:  # MLflow unreachable: the run stays RUNNING
+            pass
     parent = InvocationRun(uri, study, base.train.out_dir, {
         "study_kind": "search", "base_variant": variant, "overrides": " ".join(overrides), "metric": metric,
         "direction": direction, "params": "; ".join(f"{p.key}={p.kind}{p.args}" for p in params),
