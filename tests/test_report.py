@@ -37,7 +37,8 @@ def _log(client: MlflowClient, exp_id: str, tags: dict, metrics: dict[str, dict[
 
 def _cell_tags(study, kind, variant, seed, parent):
     return {"role": "cell", "study": study, "study_kind": kind, "variant": variant, "seed": seed,
-            "spec_hash": f"h-{variant}-{seed}", "dataset": "builtin", "dataset_hash": "data123", "fusion": "dfblock",
+            "spec_hash": f"h-{variant}-{seed}", "dataset": "builtin", "dataset_hash": "data123",
+            "fusion": "concat" if variant == "worse" else "dfblock", "backbone": "one_stage",
             "nop_trainable": 1000 + len(variant), "nop_paper": 5000, "protocol.attr_acc": "classifier-v1",
             "git_commit": "abc123", "device": "cpu", "overrides": "model.nf=4", "mlflow.parentRunId": parent,
             "trial": seed - 100}
@@ -131,12 +132,15 @@ def test_metric_choice():
 
 def test_report_tables_figures_provenance(synthetic):
     bench = synthetic["tmp"] / "benchmarks.json"
+    rec = {"kind": "sampling", "variant": "full", "backbone": "one_stage", "imsize": 32, "nf": 4, "device": "cpu",
+           "dtype": "float32", "batch": 8}  # as benchmarks/test_sampling.py writes them
     bench.write_text(json.dumps({"benchmarks": [
-        {"name": "test_sampling[full-32]", "group": "sampling",
-         "extra_info": {"variant": "full", "images_per_sec": 123.4, "imsize": 32, "nf": 4, "device": "cpu",
-                        "dtype": "fp32", "batch": 8}},
-        {"name": "test_sampling[worse-256]", "group": "sampling",
-         "extra_info": {"variant": "worse", "images_per_sec": 9.0, "imsize": 256, "nf": 4}}]}))
+        {"name": "test_sampling[dfblock-fp32]", "extra_info": {**rec, "fusion": "dfblock", "images_per_s": 123.4}},
+        {"name": "test_sampling[dfblock-fast]", "extra_info": {**rec, "fusion": "dfblock", "images_per_s": 300.0,
+                                                               "dtype": "bfloat16"}},
+        {"name": "test_sampling[concat-fp32]", "extra_info": {**rec, "fusion": "concat", "images_per_s": 50.0}},
+        {"name": "test_sampling[concat-256]", "extra_info": {**rec, "fusion": "concat", "images_per_s": 9.0,
+                                                             "imsize": 256}}]}))
     rep = build_report("synth", tracking_uri=synthetic["uri"], out_dir=synthetic["tmp"] / "reports",
                        benchmarks=str(bench), n_boot=2000)
     assert rep.metric == "attr_acc"
@@ -144,7 +148,9 @@ def test_report_tables_figures_provenance(synthetic):
     assert list(t1.index) == ["worse", "same", "full"]  # the study's row order
     full = np.array(FINAL["full"])
     assert t1.loc["full", "attr_acc ↑"] == f"{full.mean():.4g} ± {full.std(ddof=1):.2g}"  # the old 0.1 run is out
-    assert t1.loc["full", "sampling img/s"].startswith("123.4") and t1.loc["worse", "sampling img/s"] == "–"
+    assert t1.loc["full", "sampling img/s"].startswith("123.4 (cpu, float32")  # same generator, size, dtype
+    assert t1.loc["worse", "sampling img/s"].startswith("50 (")  # its own generator (concat), not full's
+    assert t1.loc["same", "sampling img/s"].startswith("123.4")
     assert "DF-GAN (paper): CUB FID 14.81" in t1.loc["full", "published (other data/protocol)"]
     assert t1.loc["worse", "NoP (G+D+heads)"] == "1,005"
 

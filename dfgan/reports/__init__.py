@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from dfgan.reports import figures as figs
-from dfgan.reports.benchmarks import load_records, throughput_by_variant
+from dfgan.reports.benchmarks import load_records, throughput_for_rows
 from dfgan.reports.collect import NoRunsError, StudyData, collect, metric_history
 from dfgan.reports.metric_names import FALLBACK_METRICS, choose_metric, quality_columns
 from dfgan.reports.provenance import provenance, provenance_markdown
@@ -117,16 +117,24 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
     nf = pd.to_numeric(data.cells.get("params.model.nf"), errors="coerce").dropna()
     imsize_v = int(imsize.iloc[0]) if len(imsize) else None
     nf_v = int(nf.iloc[0]) if len(nf) else None
-    speed = throughput_by_variant(records, imsize_v, nf_v)
+    gens = {v: {"backbone": data.cells.loc[data.cells["variant"] == v, "tags.backbone"].iloc[0]
+                if "tags.backbone" in data.cells else None,
+                "fusion": data.cells.loc[data.cells["variant"] == v, "tags.fusion"].iloc[0]
+                if "tags.fusion" in data.cells else None} for v in order}
+    precision = data.cells.get("params.train.precision")
+    dtype = "bfloat16" if precision is not None and (precision == "bf16").all() else "float32"
+    speed = throughput_for_rows(records, gens, imsize_v, nf_v, dtype)
     if not bench_file:
         speed_note = ("Sampling throughput: omitted, no benchmark record (reports/benchmarks.json; "
                       "`nox -s benchmark` writes it).")
     elif not speed:
         speed_note = (f"Sampling throughput: omitted, {bench_file} has no sampling record at {imsize_v} px, "
-                      f"nf={nf_v} for these variants.")
+                      f"nf={nf_v}, {dtype} for these generators.")
     else:
-        speed_note = (f"Sampling throughput from {bench_file} at {imsize_v} px, nf={nf_v} (the fastest record per "
-                      "variant; device, dtype and batch beside each number); measured separately, not in these runs.")
+        speed_note = (f"Sampling throughput from {bench_file}: generator forward passes of the same backbone and "
+                      f"fusion at {imsize_v} px, nf={nf_v}, {dtype} (the fastest record; device, dtype and batch "
+                      "beside each number; other fusion settings, e.g. attention resolutions, may differ); measured "
+                      "by the benchmarks, not in these runs.")
 
     tables: list[Table] = []
     if kind == "search":
