@@ -173,6 +173,11 @@ def _objective_value(metrics: dict[str, float], preferred: str | None) -> tuple[
     return value, name
 
 
+def echo_line(text: str) -> None:
+    """Progress lines are flushed at once: a study's log is often a file or a pipe."""
+    print(text, flush=True)
+
+
 class _Progress:
     """One line per cell start and finish, with timing."""
 
@@ -208,7 +213,7 @@ def study_status(plan: StudyPlan, storage_url: str | None = None) -> list[dict]:
 
 def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: str | None = None,
               max_cells: int | None = None, progress: bool = False,
-              echo: Callable[[str], None] = print) -> StudyOutcome:
+              echo: Callable[[str], None] = echo_line) -> StudyOutcome:
     """Run the plan's missing cells (see the module docstring); returns what this invocation did."""
     from optuna.trial import TrialState
 

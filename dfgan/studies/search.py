@@ -23,7 +23,7 @@ from typing import Any
 
 from dfgan.spec import VARIANTS_DIR, SpecError, apply_overrides, flatten, load_spec
 from dfgan.studies.definition import Cell, base_spec, cell_spec
-from dfgan.studies.grid import TRACEBACK_LINES, load_or_create_study
+from dfgan.studies.grid import TRACEBACK_LINES, echo_line, load_or_create_study
 from dfgan.studies.ledger import Heartbeat, cell_states, fail_stale_trials, set_error, worker_identity
 from dfgan.studies.mlflow_glue import InvocationRun, cell_tags, mark_runs, run_metrics
 from dfgan.studies.storage import default_storage_url, describe_storage, open_storage
@@ -159,7 +159,7 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
                direction: str = "maximize", overrides: list[str] | tuple[str, ...] = (),
                storage_url: str | None = None, tracking_uri: str | None = None, pruner: str = "median",
                export: str | Path | None = None, sampler_seed: int | None = None, progress: bool = False,
-               echo: Callable[[str], None] = print) -> SearchOutcome:
+               echo: Callable[[str], None] = echo_line) -> SearchOutcome:
     import optuna
     from optuna.trial import TrialState
 
