@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 Setup = Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]
 _COMMANDS: dict[str, tuple[Setup, str]] = {}

@@ -18,7 +18,6 @@ from dfgan.registry import (
     RegistryError,
 )
 
-
 NEEDS = {"words": "word embeddings"}  # what a requires/provides token means, for messages
 
 

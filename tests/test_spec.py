@@ -81,4 +81,5 @@ def test_spec_file_extends_variant(tmp_path):
 def test_unknown_metric_fails_at_validation():
     with pytest.raises(SpecError, match=r"eval\.metrics\[1\]: unknown metric 'fid_nonsense'"):
         load_spec("full", overrides=["eval.metrics=[attr_acc, fid_nonsense]"])
-    assert load_spec("full", overrides=["eval.metrics=[attr_acc, fid2k_test_clean]"]).eval.metrics[1] == "fid2k_test_clean"
+    spec = load_spec("full", overrides=["eval.metrics=[attr_acc, fid2k_test_clean]"])
+    assert spec.eval.metrics[1] == "fid2k_test_clean"

@@ -82,10 +82,12 @@ def test_nan_stops_run_keeps_checkpoint_and_marks_failed(tmp_path, monkeypatch):
 
     real_g_loss = OneWayHead.g_loss
 
-    def poisoned(self, f_fake, sentence, _calls=[0]):
-        _calls[0] += 1
+    calls = [0]
+
+    def poisoned(self, f_fake, sentence):
+        calls[0] += 1
         out = real_g_loss(self, f_fake, sentence)
-        return out * float("nan") if _calls[0] == 3 else out  # third step's G loss
+        return out * float("nan") if calls[0] == 3 else out  # third step's G loss
 
     monkeypatch.setattr(OneWayHead, "g_loss", poisoned)
     with pytest.raises(NonFiniteLossError) as e:

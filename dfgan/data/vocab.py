@@ -38,7 +38,7 @@ class Vocab:
             raise ValueError(f"vocabulary id 0 must be '{END_TOKEN}', got {self.ixtoword.get(0)!r}")
 
     @classmethod
-    def build(cls, tokenised_captions, min_count: int = 0) -> "Vocab":
+    def build(cls, tokenised_captions, min_count: int = 0) -> Vocab:
         """Build from tokenised captions: words sorted by first appearance (stable), ``<end>`` at 0."""
         counts: dict[str, int] = {}
         for toks in tokenised_captions:

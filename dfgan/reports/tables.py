@@ -148,9 +148,10 @@ def table_differences(cells: pd.DataFrame, order: list[str], metrics: list[str],
                 if len(s) else "–"
             row[f"Δ {m} vs {reference} [95% CI]"] = fmt_diff(diffs[m].get(v)) if v != reference else "(reference)"
         rows.append(row)
-    paired = {d.paired for m in metrics for d in diffs[m].values()}
+    paired = {d.paired for m in metrics for d in diffs[m].values() if d.lo is not None}
     how = ("paired over common seeds" if paired == {True} else
            "independent resampling of the two groups" if paired == {False} else
+           "no row has 2 seeds: no intervals" if not paired else
            "paired where both rows share their seeds, else independent")
     also = [m for m in metrics if not metric_note.startswith(m + " ")]
     notes = [f"Primary metric: {metric_note}." + (f" Also shown: {', '.join(also)}." if also else ""),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -17,11 +16,11 @@ from dfgan.paths import cache_dir
 from dfgan.registry import DATASETS, FUSIONS
 from dfgan.runtime import runtime_info
 from dfgan.sampling import truncated_noise
+from dfgan.tracking import Tracker
 from dfgan.train import checkpoint as ckpt_io
 from dfgan.train import distributed as dist
 from dfgan.train.batches import BatchPlan, step_loader
 from dfgan.train.step import NonFiniteLossError, Stepper, apply_speed_options
-from dfgan.tracking import Tracker
 
 CHECKPOINT = "checkpoint.pt"
 RUNTIME_TAGS = ("threads", "device_name", "cpu_capability", "allocator", "allocator_env", "glibc_thresholds_raised")
@@ -145,7 +144,8 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
         if not dinfo.is_main:
             dist.barrier(dinfo)
         dataset = DATASETS.build(spec.data.name, spec.data, "train")
-        run_id = tracker.start({"stage": "setup"}) if dinfo.is_main else None
+        if dinfo.is_main:
+            tracker.start({"stage": "setup"})
         log_pre = (lambda s, m: tracker.metrics({f"text_{k}": v for k, v in m.items()}, s)) if enabled else None
         encoder, enc_info = load_text_encoder(spec, dataset, device=device, cache_dir=cache_dir(),
                                               progress=progress and dinfo.is_main, log_fn=log_pre)
