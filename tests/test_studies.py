@@ -251,6 +251,13 @@ def test_search_reports_prunes_and_exports(env, monkeypatch, tmp_path):
     pruned_runs = runs[runs.get("tags.pruned", "") == "true"]
     assert len(pruned_runs) == out.pruned and (pruned_runs["status"] == "KILLED").all()
 
+    from dfgan.reports import build_report
+
+    rep = build_report("tune", tracking_uri=env["uri"], out_dir=tmp_path / "reports")
+    trials = rep.tables["search_trials"].frame
+    assert rep.metric == "attr_acc" and len(trials) == out.complete
+    assert int(trials["trial"].iloc[0]) == best.number  # best first
+
 
 def test_dead_worker_trial_is_failed_and_retried(env):
     """A worker killed mid-cell leaves its trial RUNNING: the next invocation fails it (process gone) and

@@ -92,7 +92,11 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
     rep = Report(folder, notes=list(data.notes))
 
     available = data.metric_names()
-    primary, why = choose_metric(available, metric or (definition.metric if definition else None))
+    preferred = metric or (definition.metric if definition else None)
+    if preferred is None and kind == "search" and "tags.metric" in data.invocations:
+        searched = data.invocations.sort_values("start_time")["tags.metric"].dropna()
+        preferred = searched.iloc[-1] if len(searched) else None  # the search's own objective
+    primary, why = choose_metric(available, preferred)
     if primary is None:
         raise NoRunsError(f"the runs of '{study}' logged no usable metric; logged: {available}")
     rep.metric = primary

@@ -190,6 +190,13 @@ def table_published() -> Table:
                  [pub.CAVEAT])
 
 
+def _fmt_value(v) -> str:
+    try:
+        return fmt(float(v))
+    except (TypeError, ValueError):
+        return str(v)
+
+
 def table_search(cells: pd.DataFrame, metric: str) -> Table:
     search_cols = [c for c in cells.columns if c.startswith("tags.search.")]
     col = f"metrics.{metric}"
@@ -199,7 +206,7 @@ def table_search(cells: pd.DataFrame, metric: str) -> Table:
         df = df.sort_values(col, ascending=not (h if h is not None else True))
     rows = []
     for _, r in df.iterrows():
-        row = {"trial": r.get("tags.trial"), **{c[len("tags.search."):]: r[c] for c in search_cols},
+        row = {"trial": r.get("tags.trial"), **{c[len("tags.search."):]: _fmt_value(r[c]) for c in search_cols},
                f"{metric}{arrow(metric)}": fmt(r.get(col))}
         rows.append(row)
     return Table("search_trials", f"Search trials by {metric}", pd.DataFrame(rows),
