@@ -102,10 +102,11 @@ class TrainSpec(_Strict):
     betas: tuple[float, float] = (0.0, 0.9)
     seed: int = 100  # DF-GAN's seed
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    channels_last: bool = False
-    fused_affine: bool = False  # all affine modulation parameters from one matmul per step
-    compile: bool = False
+    # speed options (dfgan.train.step.apply_speed_options / Stepper; measured in benchmarks/, reports/benchmarks.md)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast fwd/bwd; MA-GP norm, losses, optimiser stay fp32
+    channels_last: bool = False  # NHWC weights and images
+    fused_affine: bool = False  # all DFBlock (gamma, beta) from one matmul per forward (dfgan.nn.fused)
+    compile: bool = False  # torch.compile of the generator only (never MA-GP's double backward)
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads (None = torch default)
     log_every: int = Field(10, ge=1)
