@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from torch import nn
 
 from dfgan.metrics.features import Extractor, extract, real_batches
 from dfgan.paths import cache_dir
+from dfgan.train.checkpoint import atomic_torch_save
 
 CLASSIFIER_VERSION = 2  # bump when the recipe below changes: cached classifiers are retrained
 INPUT_SIZE = 32  # classifier resolution (images are area-downsampled to it)
@@ -190,14 +190,7 @@ def load_classifier(train_dataset, test_dataset=None, *, device="cpu", progress:
     if not path.is_file():
         model, info = train_classifier(train_dataset, test_dataset, device="cpu", progress=progress)
         state = {"state_dict": model.state_dict(), "classes": model.classes, "info": json.dumps(info)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_torch_save(state, path)
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model = AttributeClassifier(saved["classes"])
     model.load_state_dict(saved["state_dict"])

@@ -29,6 +29,7 @@ import torch
 from dfgan.data.vocab import pad_caption
 from dfgan.metrics.features import Extractor
 from dfgan.paths import cache_dir
+from dfgan.train.checkpoint import atomic_torch_save
 
 R_CANDIDATES = 100  # AttnGAN/DM-GAN: the true caption among 99 mismatched ones
 R_SEED = 0
@@ -93,14 +94,7 @@ def damsm_pair(spec, train_dataset, *, device="cpu", progress: bool = False):
         state = {"text_encoder": {k: v.cpu() for k, v in text.state_dict().items()},
                  "image_encoder": {k: v.cpu() for k, v in image.state_dict().items()},
                  "info": json.dumps({**info, "key": key})}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_torch_save(state, path)
     saved = torch.load(path, map_location="cpu", weights_only=True)
     info = json.loads(saved["info"])
     text = DAMSMTextEncoder(len(train_dataset.vocab), nhidden=te.embedding_dim)
