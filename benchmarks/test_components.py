@@ -114,8 +114,9 @@ def test_fused_affine_alone(benchmark, record, device, profile, precision):
         sync(device)
 
     times = interleaved(benchmark, {"per_affine": per_affine, "fused": fused}, main="fused", rounds=20, warmup=2)
-    record(kind="fused_affine", **config_record(spec, "fast" if precision == "bf16" else "fp32", device),
-           n_mlps=mod.n_mlps,
+    rec = {**config_record(spec, "fp32", device), "dtype": "bfloat16" if precision == "bf16" else "float32",
+           "speed": "fast" if precision == "bf16" else "fp32"}
+    record(kind="fused_affine", **rec, n_mlps=mod.n_mlps,
            ratios=ratio_report(times, "per_affine"))
 
 
