@@ -11,12 +11,17 @@ from torchvision.utils import make_grid
 
 from dfgan.sampling import to_uint8
 
+MIN_CELL = 96  # px: the smallest cell a sample grid shows
+
 
 def save_caption_grid(images: torch.Tensor, captions: list[str], path: str | Path, nrow: int,
                       label_height: int | None = None) -> Path:
     """Save ``images`` ([-1,1], rows of ``nrow``) as a PNG with column ``j`` headed by ``captions[j]``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    scale = max(1, MIN_CELL // images.shape[-1])  # small images are enlarged (nearest) to stay legible
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images.float(), scale_factor=scale, mode="nearest")
     grid = make_grid(to_uint8(images), nrow=nrow, padding=2, pad_value=255)
     img = Image.fromarray(grid.permute(1, 2, 0).numpy())
     cell = images.shape[-1] + 2
