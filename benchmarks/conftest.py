@@ -158,10 +158,23 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=key)
 
 
+BUSY_WARNING = (
+    "WARNING: this machine is busy (1-min load {load:.1f} on {cpus} CPUs) and {threads} threads are used. On the "
+    "shared 2-vCPU machines multi-threaded PyTorch steps ran up to 30x slower whenever another process was "
+    "running (OpenMP threads waiting for a busy vCPU), erratically enough to spoil even interleaved ratios of "
+    "small workloads. Re-run on a quiet machine, or with --bench-threads 1."
+)
+
+
 def pytest_report_header(config):
     p = profile_of(config)
-    return [f"dfgan benchmarks: profile {p.name} {asdict(p)}", f"device {_device(config)}, "
-            f"threads {torch.get_num_threads()}"]
+    lines = [f"dfgan benchmarks: profile {p.name} {asdict(p)}", f"device {_device(config)}, "
+             f"threads {torch.get_num_threads()}"]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if torch.get_num_threads() > 1 and load > 0.5:
+        lines.append(BUSY_WARNING.format(load=load, cpus=cpus, threads=torch.get_num_threads()))
+    return lines
 
 
 def _registry_names(axis: str) -> list[str]:

@@ -68,6 +68,22 @@ def by_kind(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def busy_note(records: list[dict]) -> str:
+    """A warning when the run shared its CPUs: multi-threaded timings then collapse on the 2-vCPU machines."""
+    e = next((r["extra_info"] for r in records if "machine" in r["extra_info"]), {})
+    m = e.get("machine", {})
+    loads = [r["extra_info"].get("load_avg_1m") for r in records if r["extra_info"].get("load_avg_1m") is not None]
+    if not loads or m.get("device", "cpu") != "cpu":
+        return ""
+    load, threads = statistics.median(loads), m.get("threads") or 1
+    if load <= threads + 0.5:  # this run itself accounts for about `threads` of the load
+        return ""
+    return (f"**The machine was busy during this run** (median 1-min load {load:.1f} with {threads} thread(s) of "
+            "ours): absolute times are inflated and noisy. With 1 thread the interleaved ratios held up; with 2 "
+            "threads on a busy 2-vCPU machine, small steps ran up to 30x slower than with 1 thread, erratically "
+            "enough to spoil even interleaved ratios. Re-run on a quiet machine or with `--bench-threads 1`.")
+
+
 def machine_section(records: list[dict], data: dict) -> str:
     e = next((r["extra_info"] for r in records if "machine" in r["extra_info"]), {})
     m = e.get("machine", {})
@@ -272,7 +288,7 @@ def write(json_path: Path, out: Path) -> str:
         f"Written by `python -m benchmarks.report {json_path.name}` on "
         f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} from `nox -s benchmark` (pytest-benchmark suites in "
         "`benchmarks/`). Re-run on a quiet machine before quoting absolute numbers.",
-        "## Machine\n\n" + machine_section(records, data),
+        "## Machine\n\n" + machine_section(records, data) + ("\n\n" + busy_note(records) if busy_note(records) else ""),
         "## Targets: our step and the fast path against the reference formulation (`full`, nf="
         f"{next((e['nf'] for e in k.get('target_sampling', [])), '?')})\n\n" + "\n".join(verdicts) + "\n\n" + targets,
         "## Matmul peak measured in this run\n\n" + peaks_section(k),
