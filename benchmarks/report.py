@@ -270,6 +270,10 @@ METHOD = """\
 - **Allocator.** glibc malloc with `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` = 4294967296
   (`nox -s benchmark` and the `dfgan` CLI set them; the default thresholds made the 256 px step about twice
   as slow and far noisier on the 2-core CPUs). The setting in force is in every record.
+- **torch.compile** times depend on inductor's on-disk cache: a first compile of the 64 px generator took
+  about 27 s on the 2-core CPUs (fast config), a cached one a few seconds.
+- **Threads.** `--bench-threads` (default: every usable core). On the shared 2-vCPU machines, 2 threads were
+  no faster than 1 for large matmuls and collapsed (up to 30x slower) whenever another process ran.
 - **Not done:** CUDA graphs (no GPU to measure them on when this was written; `torch.compile(mode=
   "reduce-overhead")` is the way to try them); `torch.compile` of the training step on CPU (measured once at
   64 px, fast config: 46 s to compile and 0.95x, slower: off by default; it never covers MA-GP's double
