@@ -116,5 +116,7 @@ def test_mlflow_run_layout(tmp_path):
     assert [m.step for m in hist] == [1, 2, 3, 4]
     arts = {a.path for a in client.list_artifacts(res.run_id)}
     assert {"spec.yaml", "samples", "checkpoint"} <= arts
+    # the checkpoint says where its run was logged, so `dfgan eval` finds it from any out_dir (studies)
+    assert ckpt_io.load(res.run_dir / "checkpoint.pt")["mlflow_tracking_uri"] == _uri(tmp_path)
     samples = [a.path for a in client.list_artifacts(res.run_id, "samples")]
     assert any(s.endswith(".png") for s in samples)

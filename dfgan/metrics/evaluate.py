@@ -387,11 +387,12 @@ def load_run(path) -> dict[str, Any]:
     saved = torch.load(weights_file, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or "models" not in saved or "spec" not in saved:
         raise ValueError(f"{weights_file} is not a dfgan checkpoint or final-weights file (needs 'spec' and 'models')")
-    run_id = saved.get("mlflow_run_id")
-    if run_id is None and (run_dir / CHECKPOINT).is_file() and weights_file.name != CHECKPOINT:
-        run_id = ckpt_io.load(run_dir / CHECKPOINT).get("mlflow_run_id")
+    run_id, uri = saved.get("mlflow_run_id"), saved.get("mlflow_tracking_uri")
+    if (run_id is None or uri is None) and (run_dir / CHECKPOINT).is_file() and weights_file.name != CHECKPOINT:
+        ckpt = ckpt_io.load(run_dir / CHECKPOINT)
+        run_id, uri = run_id or ckpt.get("mlflow_run_id"), uri or ckpt.get("mlflow_tracking_uri")
     return {"spec": from_dict(saved["spec"]), "models": saved["models"], "step": int(saved.get("step", 0)),
-            "mlflow_run_id": run_id, "run_dir": run_dir, "file": weights_file}
+            "mlflow_run_id": run_id, "mlflow_tracking_uri": uri, "run_dir": run_dir, "file": weights_file}
 
 
 def default_tracking_uri(spec, run_dir: Path) -> str:
@@ -431,7 +432,7 @@ def evaluate_run(path, metric_names=None, *, options: EvalOptions | None = None,
     conditioner = TextConditioner(encoder, dev, need_words, cache=False)
     sink, uri = None, None
     if track and run["mlflow_run_id"]:
-        uri = tracking_uri or default_tracking_uri(spec, run["run_dir"])
+        uri = tracking_uri or run.get("mlflow_tracking_uri") or default_tracking_uri(spec, run["run_dir"])
         sink = ClientSink(uri, run["mlflow_run_id"])
     records = evaluate(spec, gan, conditioner, dev, names, step=run["step"], run_dir=run["run_dir"], sink=sink,
                        options=options, train_dataset=train_ds, source="dfgan eval")

@@ -210,6 +210,7 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
                 "experiment": spec.experiment_dict(), "models": gan.state_dict(),
                 "optimizers": {"g": opt_g.state_dict(), "d": opt_d.state_dict()},
                 "rng": {"torch": torch.get_rng_state()}, "mlflow_run_id": tracker.run_id,
+                "mlflow_tracking_uri": tracker.uri if tracker.enabled else None,
                 "dataset_hash": dataset.content_hash, "text_encoder": {k: str(v) for k, v in enc_info.items()},
             }, ckpt_path)
 
@@ -251,7 +252,8 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
             if bar is not None:
                 bar.close()
         if dinfo.is_main and end == t.steps and t.steps > start:
-            torch.save({"spec": spec.to_dict(), "models": gan.state_dict(), "step": end},
+            torch.save({"spec": spec.to_dict(), "models": gan.state_dict(), "step": end,
+                        "mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracker.uri if tracker.enabled else None},
                        run_dir / FINAL_WEIGHTS)
             tracker.artifact(run_dir / FINAL_WEIGHTS, "checkpoint")
             if spec.eval.metrics:
