@@ -457,7 +457,8 @@ def test_cross_attention_with_a_sentence_only_encoder_fails_validation():
     with pytest.raises(SpecError) as e:
         load_spec("cross_attention", overrides=["model.text_encoder.name=sentence_transformer"])
     msg = str(e.value)
-    assert "model.fusion.name" in msg and "words" in msg and "damsm" in msg
+    assert "model.fusion.name" in msg and "word embeddings" in msg and "damsm" in msg
+    assert "model.text_encoder.name='sentence_transformer'" in msg
     # the same choice with a sentence fusion is fine
     assert load_spec("minilm_text").model.text_encoder.name == "sentence_transformer"
 

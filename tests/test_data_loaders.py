@@ -19,6 +19,7 @@ from dfgan.data.images import bird_crop_box, load_size
 from dfgan.data.vocab import MAX_WORDS, tokenize
 from dfgan.registry import DATASETS
 from dfgan.spec import DataSpec
+from dfgan.viz import MIN_CELL
 from tests.data_fixtures import (
     BIRDS_K,
     COCO_K,
@@ -297,7 +298,8 @@ def test_gan_run_and_sampling(tmp_path, mlflow_uri, capsys, layout):
     assert f"{caps}:4: unknown word(s) dropped: zebra" in captured.err
     assert json.loads(captured.out)["unknown_words"] == {"4": ["zebra"]}
     grid = Image.open(out)
-    assert grid.width == 2 * (IMSIZE + 2) + 2 and grid.height > 3 * (IMSIZE + 2)  # 2 captions x 3 noise rows
+    cell = IMSIZE * max(1, MIN_CELL // IMSIZE) + 2  # small samples are enlarged in grids
+    assert grid.width == 2 * cell + 2 and grid.height > 3 * cell  # 2 captions x 3 noise rows
     caps.write_text("a train bird\nzebra unicorn\n")
     assert main(["sample", "--run", str(res.run_dir), "--captions", str(caps)]) == 1
     assert f"{caps}:2" in capsys.readouterr().err

@@ -96,7 +96,9 @@ def test_benchmark_comparison_suite_runs_and_reports(tmp_path):
     from benchmarks.report import write
 
     out = tmp_path / "b.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # an xdist worker's variables make pytest-benchmark disable itself in the child: drop them
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env.update({"OMP_NUM_THREADS": "1"})
     proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_machine.py", "benchmarks/test_targets.py",
                            "-p", "no:xdist", "-p", "no:cacheprovider", "-q", "--bench-profile", "smoke",
                            f"--benchmark-json={out}"], cwd=ROOT_DIR, env=env, capture_output=True, text=True,
