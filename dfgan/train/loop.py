@@ -252,8 +252,9 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
             if bar is not None:
                 bar.close()
         if dinfo.is_main and end == t.steps and t.steps > start:
+            logged_to = tracker.uri if tracker.enabled else None
             torch.save({"spec": spec.to_dict(), "models": gan.state_dict(), "step": end,
-                        "mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracker.uri if tracker.enabled else None},
+                        "mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": logged_to},
                        run_dir / FINAL_WEIGHTS)
             tracker.artifact(run_dir / FINAL_WEIGHTS, "checkpoint")
             if spec.eval.metrics:
