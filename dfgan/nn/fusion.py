@@ -66,9 +66,14 @@ class DFBlock(nn.Module):
     def affines(self) -> list[Affine]:
         return [getattr(self, f"affine{i}") for i in range(self.depth)]
 
+    def normalise(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """What happens to the features before affine ``i``: nothing in DF-GAN (CBN normalises here)."""
+        return x
+
     def forward(self, x, cond, words=None, mask=None, modulation=None):
         """``modulation``: precomputed [(gamma, beta)] per affine (the fused-affine fast path)."""
         for i, aff in enumerate(self.affines()):
+            x = self.normalise(i, x)
             if modulation is None:
                 x = aff(x, cond)
             else:
@@ -129,16 +134,8 @@ class CBNBlock(DFBlock):
         for i in range(depth):
             self.add_module(f"norm{i}", nn.BatchNorm2d(channels, affine=False))
 
-    def forward(self, x, cond, words=None, mask=None, modulation=None):
-        for i, aff in enumerate(self.affines()):
-            x = getattr(self, f"norm{i}")(x)
-            if modulation is None:
-                x = aff(x, cond)
-            else:
-                gamma, beta = modulation[i]
-                x = gamma[:, :, None, None] * x + beta[:, :, None, None]
-            x = self.act(x)
-        return x
+    def normalise(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, f"norm{i}")(x)
 
 
 @FUSIONS.register("cbn")
