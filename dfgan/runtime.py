@@ -102,3 +102,11 @@ def bf16_is_fast(device: Any = "cpu") -> bool:
     if dev.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def resolve_precision(precision: str, device: Any = "cpu") -> str:
+    """``train.precision`` as a run uses it: "auto" is bf16 where bf16 matmuls are native (``bf16_is_fast``)
+    and fp32 elsewhere; "fp32" and "bf16" are kept as they are."""
+    if precision == "auto":
+        return "bf16" if bf16_is_fast(device) else "fp32"
+    return precision

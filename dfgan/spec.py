@@ -58,7 +58,7 @@ class TextEncoderSpec(_Strict):
     name: str = "damsm"
     checkpoint: str | None = None  # a DAMSM text_encoder*.pth or ours; None = pretrain on the dataset (cached)
     embedding_dim: int = 256  # sentence/word vector size (DAMSM: 256)
-    pretrain_steps: int = Field(600, ge=0)
+    pretrain_steps: int = Field(1500, ge=0)
     pretrain_batch_size: int = Field(64, ge=2)
     pretrain_lr: float = 2e-3
     model_path: str | None = None  # sentence_transformer: local model folder (default: the packaged MiniLM)
@@ -103,7 +103,9 @@ class TrainSpec(_Strict):
     seed: int = 100  # DF-GAN's seed
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # speed options (dfgan.train.step.apply_speed_options / Stepper; measured in benchmarks/, reports/benchmarks.md)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast fwd/bwd; MA-GP norm, losses, optimiser stay fp32
+    # bf16: autocast fwd/bwd (MA-GP norm, losses, optimiser stay fp32); auto: bf16 where bf16 matmuls are native
+    # (CUDA with bf16, CPU with AVX512-BF16/AMX), else fp32 (dfgan.runtime.resolve_precision; the run records it)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     channels_last: bool = False  # NHWC weights and images
     fused_affine: bool = False  # all DFBlock (gamma, beta) from one matmul per forward (dfgan.nn.fused)
     compile: bool = False  # torch.compile of the generator only (never MA-GP's double backward)

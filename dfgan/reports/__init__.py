@@ -125,7 +125,8 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
                 if "tags.backbone" in data.cells else None,
                 "fusion": data.cells.loc[data.cells["variant"] == v, "tags.fusion"].iloc[0]
                 if "tags.fusion" in data.cells else None} for v in order}
-    precision = data.cells.get("params.train.precision")
+    # the precision the cells ran in: the resolved one (tag; "auto" resolves per machine), else the spec's
+    precision = data.cells.get("tags.speed_precision", data.cells.get("params.train.precision"))
     dtype = "bfloat16" if precision is not None and (precision == "bf16").all() else "float32"
     speed = throughput_for_rows(records, gens, imsize_v, nf_v, dtype)
     if not bench_file:

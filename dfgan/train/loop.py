@@ -14,7 +14,7 @@ from dfgan.conditioning import TextConditioner, load_text_encoder
 from dfgan.model import build_gan, build_regulariser
 from dfgan.paths import cache_dir
 from dfgan.registry import DATASETS, FUSIONS
-from dfgan.runtime import runtime_info
+from dfgan.runtime import resolve_precision, runtime_info
 from dfgan.sampling import truncated_noise
 from dfgan.tracking import Tracker
 from dfgan.train import checkpoint as ckpt_io
@@ -169,7 +169,9 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
             opt_d.load_state_dict(saved["optimizers"]["d"])
             torch.set_rng_state(saved["rng"]["torch"])
             start = int(saved["step"])
-        stepper = Stepper(gan, reg, opt_g, opt_d, precision=t.precision, device=device,
+        precision = resolve_precision(t.precision, device)  # "auto": bf16 where it is native, else fp32
+        speed["precision"] = precision
+        stepper = Stepper(gan, reg, opt_g, opt_d, precision=precision, device=device,
                           channels_last=t.channels_last,
                           grad_sync=dist.average_gradients if dinfo.enabled else None)
         if t.compile:  # in place (keeps the state-dict keys); the generator only: MA-GP's double backward

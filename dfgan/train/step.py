@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +37,14 @@ def as_list(images) -> list[torch.Tensor]:
     return list(images) if isinstance(images, (list, tuple)) else [images]
 
 
-def apply_speed_options(gan, train_spec) -> dict[str, bool]:
+def apply_speed_options(gan, train_spec) -> dict[str, Any]:
     """Apply the spec's speed options that change the networks (in place); returns what was applied.
 
     ``fused_affine``: every DFBlock modulation from one matmul per forward (``dfgan.nn.fused``; backbones
     that cannot take it keep their per-affine path, with a warning). ``channels_last``: NHWC weights (the
     Stepper also feeds NHWC images). Precision and ``compile`` are applied by the Stepper and the loop.
     """
-    applied = {"fused_affine": False, "channels_last": False}
+    applied: dict[str, Any] = {"fused_affine": False, "channels_last": False}
     if train_spec.fused_affine:
         from dfgan.nn.fused import enable_fused_affine
 
