@@ -197,6 +197,8 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
                 **{f"speed_{k}": v for k, v in speed.items()},
                 **{f"runtime_{k}": v for k, v in runtime_info(device).items() if k in RUNTIME_TAGS},
             })
+            if enc_info.get("attribute_probe"):  # how well the condition encodes each attribute
+                tracker.metrics({f"text_probe_{k}": v for k, v in enc_info["attribute_probe"].items()}, 0)
             (run_dir / "spec.yaml").write_text(spec.to_yaml())
             (run_dir / "nop.json").write_text(json.dumps(nop, indent=2))
             tracker.text(json.dumps(nop, indent=2), "nop.json")

@@ -599,6 +599,11 @@ def get_text_encoder(
     enc, info = pretrain_text_encoder(
         dataset, spec, device=device, progress=progress, log_fn=log_fn, eval_dataset=eval_dataset
     )
+    from dfgan.metrics.text_probe import attribute_probe, has_attributes
+
+    if has_attributes(dataset):  # what the sentence vectors encode of each attribute (built-in data)
+        probe_on = eval_dataset if eval_dataset is not None and has_attributes(eval_dataset) else None
+        info["attribute_probe"] = attribute_probe(enc, dataset, probe_on, device=_device(device))["accuracy"]
     state = {k: v.detach().cpu() for k, v in enc.state_dict().items()}
     info = {**info, "content_hash": dataset.content_hash, "key": cache_key(spec, dataset), "version": PRETRAIN_VERSION}
     _atomic_write(path, lambda p: torch.save(state, p))
