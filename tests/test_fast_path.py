@@ -136,6 +136,12 @@ def test_speed_options_applied_by_loop_helper():
     assert gan.generator.modulator is not None
     conv = gan.discriminators[0].conv_img.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    # on by default, so a generator without DFBlocks keeps its path quietly and the record says so
+    spec = bench_spec("baseline", imsize=32, nf=4, batch=2, speed="fast")
+    gan, _ = build_models(spec, "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert apply_speed_options(gan, spec.train) == {"fused_affine": False, "channels_last": True}
 
 
 def test_bf16_step_keeps_penalty_losses_and_optimiser_in_fp32():

@@ -116,20 +116,23 @@ class FusedModulator:
         return [tuple(None if m is None else [tuple(gb) for gb in m] for m in pair) for pair in result]
 
 
-def enable_fused_affine(generator: nn.Module) -> bool:
+def enable_fused_affine(generator: nn.Module, *, warn: bool = True) -> bool:
     """Make ``generator`` compute all its DFBlock modulations with one ``FusedModulator`` per forward.
 
     Returns True when applied. A backbone that does not accept precomputed modulation (no ``modulator``
-    attribute) or has no DFBlock is left unchanged, with a warning naming why, and False is returned.
+    attribute) or has no DFBlock is left unchanged, with a warning naming why (unless ``warn`` is False), and
+    False is returned.
     """
     if not hasattr(generator, "modulator"):
-        warnings.warn(f"train.fused_affine: {type(generator).__name__} does not accept precomputed modulation "
-                      "(no 'modulator' attribute); using its per-affine path", stacklevel=2)
+        if warn:
+            warnings.warn(f"train.fused_affine: {type(generator).__name__} does not accept precomputed modulation "
+                          "(no 'modulator' attribute); using its per-affine path", stacklevel=2)
         return False
     mod = FusedModulator(generator)
     if not mod:
-        warnings.warn(f"train.fused_affine: {type(generator).__name__} has no DFBlock to fuse; unchanged",
-                      stacklevel=2)
+        if warn:
+            warnings.warn(f"train.fused_affine: {type(generator).__name__} has no DFBlock to fuse; unchanged",
+                          stacklevel=2)
         return False
     generator.modulator = mod
     return True

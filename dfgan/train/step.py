@@ -40,15 +40,16 @@ def as_list(images) -> list[torch.Tensor]:
 def apply_speed_options(gan, train_spec) -> dict[str, Any]:
     """Apply the spec's speed options that change the networks (in place); returns what was applied.
 
-    ``fused_affine``: every DFBlock modulation from one matmul per forward (``dfgan.nn.fused``; backbones
-    that cannot take it keep their per-affine path, with a warning). ``channels_last``: NHWC weights (the
+    ``fused_affine``: every DFBlock modulation from one matmul per forward (``dfgan.nn.fused``); generators
+    without DFBlocks, or backbones that cannot take precomputed modulation, keep their own path, and the
+    returned dict (logged as the run's ``speed_*`` tags) says whether it applied. ``channels_last``: NHWC weights (the
     Stepper also feeds NHWC images). Precision and ``compile`` are applied by the Stepper and the loop.
     """
     applied: dict[str, Any] = {"fused_affine": False, "channels_last": False}
     if train_spec.fused_affine:
         from dfgan.nn.fused import enable_fused_affine
 
-        applied["fused_affine"] = enable_fused_affine(gan.generator)
+        applied["fused_affine"] = enable_fused_affine(gan.generator, warn=False)
     if train_spec.channels_last:
         gan.to(memory_format=torch.channels_last)
         applied["channels_last"] = True
