@@ -67,9 +67,14 @@ def check_compatibility(spec) -> None:
 
         for i, name in enumerate(spec.eval.metrics):
             try:
-                metric(name)
+                d = metric(name)
             except RegistryError as e:
                 errors.append(f"eval.metrics[{i}]: {e}")
+                continue
+            if d.builtin_only and spec.data.name != "builtin":
+                errors.append(f"eval.metrics[{i}]: '{name}' needs the built-in dataset's ground-truth attributes "
+                              f"(data.name=builtin), and data.name is '{spec.data.name}': set eval.metrics=[] or metrics for "
+                              "real data (dfgan eval --list)")
     if errors:
         raise SpecError("incompatible spec:\n  " + "\n  ".join(errors))
 

@@ -81,5 +81,7 @@ def test_spec_file_extends_variant(tmp_path):
 def test_unknown_metric_fails_at_validation():
     with pytest.raises(SpecError, match=r"eval\.metrics\[1\]: unknown metric 'fid_nonsense'"):
         load_spec("full", overrides=["eval.metrics=[attr_acc, fid_nonsense]"])
+    with pytest.raises(SpecError, match=r"eval.metrics\[0\]: 'attr_acc' needs the built-in .*'birds'"):
+        load_spec("full", overrides=["eval.metrics=[attr_acc]", "data.name=birds", "data.root=x"])
     spec = load_spec("full", overrides=["eval.metrics=[attr_acc, fid2k_test_clean]"])
     assert spec.eval.metrics[1] == "fid2k_test_clean"
