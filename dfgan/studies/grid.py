@@ -330,7 +330,10 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
                     trial.set_user_attr(k, v)
                 study.tell(trial, value)
                 out.trained.append(e.key)
-                say("done", f"{e.key}  {time.time() - t_cell:.1f}s  {value_name}={value:.4g}")
+                parts = ", ".join(f"{k[len(value_name) + 1:]} {v:.2f}" for k, v in sorted(metrics.items())
+                                  if k.startswith(value_name + "."))  # e.g. attr_acc per attribute
+                say("done", f"{e.key}  {time.time() - t_cell:.1f}s  {value_name}={value:.4g}"
+                    + (f" ({parts})" if parts else ""))
             except KeyboardInterrupt:
                 set_error(trial, "interrupted (KeyboardInterrupt); re-queued by the next invocation")
                 trial.set_user_attr("outcome", "failed")
