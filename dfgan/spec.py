@@ -102,12 +102,13 @@ class TrainSpec(_Strict):
     betas: tuple[float, float] = (0.0, 0.9)
     seed: int = 100  # DF-GAN's seed
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # speed options (dfgan.train.step.apply_speed_options / Stepper; measured in benchmarks/, reports/benchmarks.md)
+    # speed options (dfgan.train.step.apply_speed_options / Stepper), on by default where they win without hurting
+    # quality: speed in benchmarks/ and reports/benchmarks.md, quality parity in reports/benchmarks.md (parity)
     # bf16: autocast fwd/bwd (MA-GP norm, losses, optimiser stay fp32); auto: bf16 where bf16 matmuls are native
     # (CUDA with bf16, CPU with AVX512-BF16/AMX), else fp32 (dfgan.runtime.resolve_precision; the run records it)
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
-    channels_last: bool = False  # NHWC weights and images
-    fused_affine: bool = False  # all DFBlock (gamma, beta) from one matmul per forward (dfgan.nn.fused)
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    channels_last: bool = True  # NHWC weights and images
+    fused_affine: bool = True  # all DFBlock (gamma, beta) from one matmul per forward (dfgan.nn.fused), where any
     compile: bool = False  # torch.compile of the generator only (never MA-GP's double backward)
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads (None = torch default)
