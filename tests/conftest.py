@@ -33,6 +33,7 @@ def tiny_overrides(tmp_path, **extra) -> list[str]:
         "train.sample_every": 2,
         "train.checkpoint_every": 2,
         "train.out_dir": str(tmp_path / "runs"),
+        "eval.n_images": 32,
     }
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]

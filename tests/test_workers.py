@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 SERVER_START_S = 180  # bounded wait for `mlflow server` (it migrates a fresh database first: ~20 s here)
 WORKER_TIMEOUT_S = 420
 TINY = ["model.nf=4", "data.imsize=32", "train.steps=2", "model.text_encoder.pretrain_steps=2",
-        "data.n_train=64", "data.n_test=16", "train.batch_size=8", "train.threads=1"]
+        "data.n_train=64", "data.n_test=16", "train.batch_size=8", "train.threads=1", "eval.n_images=32"]
 
 
 def _free_port() -> int:

@@ -1,8 +1,10 @@
 """Running a study: every cell (row x seed) once, shared by any number of workers through one Optuna storage.
 
-The Optuna study (named after the study) uses a grid sampler over ``variant x seed`` (plus a one-value axis
-``grid`` that fingerprints the cells' spec hashes, so changing an override or a variant file starts a new
-grid instead of being mistaken for the finished one). We drive it with ask/tell:
+The Optuna study (named after the study) uses a grid sampler over ``variant x seed``. The parameters are named
+after the grid, a fingerprint of the cells' spec hashes (``variant@<grid>``, ``seed@<grid>``), so changing an
+override, a seed list or a variant file starts a new grid in the same study instead of being mistaken for the
+finished one (Optuna's storage also refuses a changed choice list under one parameter name). We drive it with
+ask/tell:
 
 - a cell whose spec hash already has a COMPLETE trial is never trained again (the trial is told COMPLETE with
   the earlier value, outcome ``reused``);
@@ -124,6 +126,11 @@ def plan_study(definition: StudyDefinition, *, name: str | None = None, seeds: i
     return StudyPlan(name, definition, common, seed_list, entries, grid, base.train.out_dir, warnings)
 
 
+def grid_param_names(grid: str) -> tuple[str, str]:
+    """The Optuna parameter names of one grid's axes: (variant, seed)."""
+    return f"variant@{grid}", f"seed@{grid}"
+
+
 def _grid_sampler_class():
     import optuna
 
@@ -226,7 +233,8 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
     for w in plan.warnings:
         say("warning", w)
 
-    space = {"grid": [plan.grid], "variant": plan.labels, "seed": plan.seeds}
+    p_variant, p_seed = grid_param_names(plan.grid)
+    space = {p_variant: plan.labels, p_seed: plan.seeds}
     sampler = _grid_sampler_class()(space)
     study = load_or_create_study(plan.name, open_storage(storage_url), kind="grid", sampler=sampler,
                                  direction=plan.definition.direction)
@@ -249,7 +257,7 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
         st = states.get(e.hash)
         if st is not None and st.status == "failed":
             last = st.failed[-1]
-            study.enqueue_trial({"grid": plan.grid, "variant": e.cell.label, "seed": e.seed},
+            study.enqueue_trial({p_variant: e.cell.label, p_seed: e.seed},
                                 user_attrs={"spec_hash": e.hash, "retry_of": last.number})
             out.requeued.append(e.key)
             say("requeue", f"{e.key} (trial #{last.number} failed: {(st.last_error() or '?')[:160]})")
@@ -270,14 +278,13 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
                 break
             trial = study.ask()
             fixed = study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params") or {}
-            if fixed and fixed.get("grid") != plan.grid:  # queued by an invocation with another grid
+            if fixed and p_variant not in fixed:  # queued by an invocation with another grid
                 trial.set_user_attr("outcome", "foreign")
                 study.tell(trial, state=TrialState.PRUNED)
                 useless_asks += 1
                 continue
-            trial.suggest_categorical("grid", [plan.grid])
-            e = plan.entry(trial.suggest_categorical("variant", plan.labels),
-                           trial.suggest_categorical("seed", plan.seeds))
+            e = plan.entry(trial.suggest_categorical(p_variant, plan.labels),
+                           trial.suggest_categorical(p_seed, plan.seeds))
             for k, v in {"cell": e.cell.label, "seed": e.seed, "spec_hash": e.hash, "grid": plan.grid,
                          "worker": worker_identity(), "outcome": "claiming"}.items():
                 trial.set_user_attr(k, v)
