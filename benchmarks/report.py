@@ -256,6 +256,10 @@ METHOD = """\
   `dfgan.train.step.Stepper` with `train.channels_last=true train.fused_affine=true` (no D weight gradients in
   the G step, D backward only into D's weights). `fast`: `fp32` plus `train.precision=bf16` (autocast for the
   networks' forward and backward; MA-GP's norm and power, the losses and the optimiser stay fp32).
+- **Defaults.** Since the parity study below, `train.precision=auto` (bf16 where bf16 matmuls are native:
+  CUDA with bf16, CPUs with AVX512-BF16/AMX; fp32 elsewhere, where bf16 would be emulated and slower),
+  `train.channels_last=true` and `train.fused_affine=true` are the spec's defaults; every run records what it
+  used (`speed_*` tags). `train.compile` stays off (see below).
 - **Ratios** come from one process: the sides of a comparison run in turn (A B C A B C ...), one warm-up
   round each, and the ratio is between medians. Wall time is the headline; `cpu` is this process's CPU time
   (`time.process_time`), which other processes' load disturbs far less. Absolute times depend on the machine's

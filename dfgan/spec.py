@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS_DIR = REPO_ROOT / "ablations"
@@ -118,9 +118,15 @@ class TrainSpec(_Strict):
     out_dir: str = "runs"
 
 
+AUTO_METRICS: dict[str, tuple[str, ...]] = {"builtin": ("attr_acc", "fd_attr")}
+
+
 class EvalSpec(_Strict):
     interval: int = Field(0, ge=0)  # steps between periodic evaluations (0 = only at the end)
-    metrics: list[str] = Field(default_factory=list)
+    # metrics evaluated at the end of a run (and every ``interval`` steps); "auto" = the dataset's own
+    # (AUTO_METRICS: attribute accuracy and its Fréchet distance on the built-in data, none on real data,
+    # whose FID needs local Inception weights), resolved when the spec is validated
+    metrics: list[str] | Literal["auto"] = "auto"
     n_images: int = Field(1000, ge=2)
     batch_size: int = Field(64, ge=1)
 
@@ -139,6 +145,12 @@ class Spec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @model_validator(mode="after")
+    def _resolve_auto_metrics(self) -> Spec:
+        if self.eval.metrics == "auto":
+            self.eval.metrics = list(AUTO_METRICS.get(self.data.name, ()))
+        return self
 
     # ---- identity ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

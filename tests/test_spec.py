@@ -78,6 +78,18 @@ def test_spec_file_extends_variant(tmp_path):
     assert spec.model.nf == 8 and spec.model.regulariser.name == "none"
 
 
+def test_auto_metrics_follow_the_dataset():
+    """eval.metrics "auto": the built-in data's attribute metrics, nothing on real data; an explicit list is kept
+    and resolves to the same spec hash as the "auto" it equals."""
+    builtin = load_spec("full")
+    assert builtin.eval.metrics == ["attr_acc", "fd_attr"]
+    assert load_spec("full", overrides=["eval.metrics=[attr_acc, fd_attr]"]).hash() == builtin.hash()
+    assert load_spec("full", overrides=["data.name=birds", "data.root=x"]).eval.metrics == []
+    assert load_spec("full", overrides=["eval.metrics=[]"]).eval.metrics == []
+    with pytest.raises(SpecError, match="eval.metrics"):
+        load_spec("full", overrides=["eval.metrics=attr_acc"])
+
+
 def test_unknown_metric_fails_at_validation():
     with pytest.raises(SpecError, match=r"eval\.metrics\[1\]: unknown metric 'fid_nonsense'"):
         load_spec("full", overrides=["eval.metrics=[attr_acc, fid_nonsense]"])
