@@ -27,7 +27,7 @@ def _lines(run_dir):
 
 
 def test_dfgan_eval_adds_its_metrics_to_the_same_mlflow_run(tmp_path, capsys):
-    spec = load_spec("full", overrides=tiny_overrides(tmp_path))
+    spec = load_spec("full", overrides=tiny_overrides(tmp_path, **{"eval.metrics": "[]"}))  # eval's alone
     res = train(spec, progress=False, tracking_uri=_uri(tmp_path))
     rc = main(["eval", "--run", str(res.run_dir), "--metrics", "attr_acc,fd_attr,rprec_damsm", "--n", "24",
                "--batch-size", "10", "--tracking-uri", _uri(tmp_path), "--device", "cpu", "--quiet"])
