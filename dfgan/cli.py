@@ -54,10 +54,13 @@ def _train(args) -> int:
     from dfgan.train.loop import train
 
     spec = load_spec_from(args)
+    evals: dict[int, dict[str, float]] = {}
     res = train(spec, resume=args.resume, restart=args.restart, progress=not args.quiet,
-                tracking=False if args.no_track else None, tracking_uri=args.tracking_uri)
+                tracking=False if args.no_track else None, tracking_uri=args.tracking_uri,
+                on_eval=lambda step, values: evals.__setitem__(step, values))
     print(json.dumps({"run_dir": str(res.run_dir), "mlflow_run_id": res.run_id, "steps": res.steps,
-                      "seconds": round(res.seconds, 1), "last_losses": res.last_losses}, indent=2))
+                      "seconds": round(res.seconds, 1), "last_losses": res.last_losses,
+                      "metrics": {k: round(v, 4) for k, v in evals.get(res.steps, {}).items()}}, indent=2))
     return 0
 
 

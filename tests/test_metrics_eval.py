@@ -26,6 +26,19 @@ def _lines(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_dfgan_train_prints_the_final_evaluation(tmp_path, capsys):
+    """The base spec evaluates attr_acc and fd_attr at the end of a run on the built-in data, and `dfgan train`
+    prints them with attr_acc's per-attribute parts, equal to the run's metrics.jsonl."""
+    assert main(["train", "--variant", "full", "--no-track", "--quiet", *tiny_overrides(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    lines = {r["metric"]: r for r in _lines(tmp_path / "runs" / out["run_dir"].split("/")[-1])}
+    assert set(lines) == {"attr_acc", "fd_attr"}
+    for name, r in lines.items():
+        assert out["metrics"][name] == pytest.approx(r["value"], abs=1e-4)
+    for attr, v in lines["attr_acc"]["details"].items():
+        assert out["metrics"][f"attr_acc.{attr}"] == pytest.approx(v, abs=1e-4)
+
+
 def test_dfgan_eval_adds_its_metrics_to_the_same_mlflow_run(tmp_path, capsys):
     spec = load_spec("full", overrides=tiny_overrides(tmp_path, **{"eval.metrics": "[]"}))  # eval's alone
     res = train(spec, progress=False, tracking_uri=_uri(tmp_path))

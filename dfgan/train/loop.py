@@ -105,7 +105,7 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
           extra_tags: dict | None = None, stop_at: int | None = None, on_eval=None) -> TrainResult:
     """Train ``spec``. ``stop_at`` ends early after that many steps (a checkpoint is written): for tests.
     ``on_eval(step, values)`` is called after each evaluation (periodic and final) with the metric values
-    (name -> float); an exception it raises (e.g. ``optuna.TrialPruned``) ends the run like any error."""
+    (name -> float; parts too, e.g. ``attr_acc.colour``); an exception it raises (e.g. ``optuna.TrialPruned``) ends the run like any error."""
     import dfgan.components  # noqa: F401
 
     device = pick_device(spec.train.device)
@@ -290,7 +290,10 @@ def _evaluate(spec, gan, conditioner, dataset, device, tracker, step, run_dir, d
     from dfgan.metrics import evaluate_during_training
 
     records = evaluate_during_training(spec, gan, conditioner, dataset, device, tracker, step, run_dir)
-    if on_eval is not None:  # records: [{"metric": name, "value": v, ...}] (or already {name: v})
+    if on_eval is not None:  # records: [{"metric": name, "value": v, "details": {...}}] (or already {name: v})
         values = dict(records) if isinstance(records, dict) else \
             {r["metric"]: float(r["value"]) for r in records or () if "metric" in r and "value" in r}
+        for r in records if isinstance(records, list) else ():  # per-part values, named as in MLflow
+            values.update({f"{r['metric']}.{k}": float(v) for k, v in (r.get("details") or {}).items()
+                           if isinstance(v, (int, float))})
         on_eval(step, values)
