@@ -412,8 +412,8 @@ def pretrain_text_encoder(
     Adam (lr ``spec.pretrain_lr``, betas (0.5, 0.999)) on both encoders, text-encoder gradient norm clipped
     to 0.25; loss = sentence loss (+ word loss when ``word_loss``). Deterministic for a given ``seed``: models
     are initialised and batches drawn (``dataset[(i, j, seed)]``) from it, without touching the caller's RNG
-    (bitwise for a fixed torch thread count). Timing, built-in data, defaults (600 x 64, sentence loss):
-    ~75 ms per step on one CPU core; the word loss adds ~210 ms per step.
+    (bitwise for a fixed torch thread count). Timing, built-in data, batch 64, sentence loss (1,500 steps by
+    default): ~75 ms per step on one CPU core; the word loss adds ~210 ms per step.
     ``log_fn(step, {"loss", "s_loss", "w_loss"})`` gets averages every 10 steps and at the end.
 
     Returns ``(text_encoder, info)``: the encoder in eval mode with ``requires_grad`` off, and a JSON-able
