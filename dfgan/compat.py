@@ -73,8 +73,8 @@ def check_compatibility(spec) -> None:
                 continue
             if d.builtin_only and spec.data.name != "builtin":
                 errors.append(f"eval.metrics[{i}]: '{name}' needs the built-in dataset's ground-truth attributes "
-                              f"(data.name=builtin), and data.name is '{spec.data.name}': set eval.metrics=[] or metrics for "
-                              "real data (dfgan eval --list)")
+                              f"(data.name=builtin), and data.name is '{spec.data.name}': set eval.metrics=[] or "
+                              "metrics for real data (dfgan eval --list)")
     if errors:
         raise SpecError("incompatible spec:\n  " + "\n  ".join(errors))
 

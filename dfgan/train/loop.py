@@ -105,7 +105,8 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
           extra_tags: dict | None = None, stop_at: int | None = None, on_eval=None) -> TrainResult:
     """Train ``spec``. ``stop_at`` ends early after that many steps (a checkpoint is written): for tests.
     ``on_eval(step, values)`` is called after each evaluation (periodic and final) with the metric values
-    (name -> float; parts too, e.g. ``attr_acc.colour``); an exception it raises (e.g. ``optuna.TrialPruned``) ends the run like any error."""
+    (name -> float; parts too, e.g. ``attr_acc.colour``); an exception it raises (e.g. ``optuna.TrialPruned``)
+    ends the run like any error."""
     import dfgan.components  # noqa: F401
 
     device = pick_device(spec.train.device)
