@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from benchmarks.harness import SPEEDS  # noqa: E402
 from benchmarks.report import PARITY_MARKER, md_table  # noqa: E402
 
 ARMS = {"fp32": SPEEDS["reference"], "fast": SPEEDS["fast"]}
+TIMING_FILE = "parity_timing.json"  # in each run folder: training time of the invocation that trained it
 DEFAULT_METRICS = ("attr_acc", "fd_attr")
 
 
@@ -45,20 +47,37 @@ def run_one(variant: str, arm: str, seed: int, steps: int, overrides: list[str],
     """Train (or resume) one (arm, seed) run and evaluate it; returns its record."""
     from dfgan.metrics import EvalOptions, evaluate_run
     from dfgan.spec import load_spec
-    from dfgan.train.loop import train
+    from dfgan.train.loop import FINAL_WEIGHTS, run_dir_for, train
 
     over = [f"train.steps={steps}", f"train.seed={seed}", f"train.out_dir={out_dir}", "tracking.enabled=false",
             *overrides, *arm_overrides(arm)]
     spec = load_spec(variant, overrides=over)
+    finished_before = (run_dir_for(spec) / FINAL_WEIGHTS).is_file()
     res = train(spec, resume=True, progress=progress, tracking=False)
+    # a run finished by an earlier invocation keeps the training time measured then (its resume takes ~0 s);
+    # one finished before timings were kept (or trained across invocations) has none
+    timing_file = res.run_dir / TIMING_FILE
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else None
+    if timing is None or timing.get("steps") != res.steps:
+        timing = {"steps": res.steps, "train_seconds": None if finished_before else res.seconds,
+                  "load_avg": None if finished_before else _load_avg()}
+        timing_file.write_text(json.dumps(timing))
     ev = evaluate_run(res.run_dir, list(metrics), options=EvalOptions(n=n_images, progress=progress), track=False)
     values = {r["metric"]: r["value"] for r in ev["records"]}
     info = res.info or {}
     return {"arm": arm, "seed": seed, "steps": res.steps, "run_dir": str(res.run_dir), "metrics": values,
-            "train_seconds": res.seconds, "last_losses": res.last_losses, "speed": info.get("speed"),
+            "train_seconds": timing["train_seconds"], "load_avg_at_end": timing.get("load_avg"),
+            "last_losses": res.last_losses, "speed": info.get("speed"),
             "runtime": {k: v for k, v in (info.get("runtime") or {}).items()
                         if k in ("device", "threads", "torch", "allocator", "allocator_env")},
             "spec_hash": spec.hash(), "arm_overrides": arm_overrides(arm)}
+
+
+def _load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def summarise(runs: list[dict], metrics: list[str]) -> dict[str, Any]:
@@ -84,10 +103,12 @@ def write_report(result: dict[str, Any], md_path: Path) -> None:
         verdict = {True: "yes", False: "NO", None: "n/a (one seed)"}[v["within_spread"]]
         rows.append([m, f"{v['fp32']['mean']:.4g} ± {v['fp32']['sd']:.2g}", f"{v['fast']['mean']:.4g} ± "
                      f"{v['fast']['sd']:.2g}", f"{v['diff_fast_minus_fp32']:+.3g}", f"{v['spread']:.3g}", verdict])
-    speed = {arm: statistics.fmean(r["steps"] / r["train_seconds"] for r in result["runs"] if r["arm"] == arm)
-             for arm in ARMS if any(r["arm"] == arm for r in result["runs"])}
+    timed = [r for r in result["runs"] if r.get("train_seconds")]
+    speed = {arm: statistics.fmean(r["steps"] / r["train_seconds"] for r in timed if r["arm"] == arm)
+             for arm in ARMS if any(r["arm"] == arm for r in timed)}
     per_run = [[r["arm"], r["seed"], r["steps"], *(r["metrics"].get(m) for m in result["metrics"]),
-                r["steps"] / r["train_seconds"]] for r in sorted(result["runs"], key=lambda r: (r["arm"], r["seed"]))]
+                r["steps"] / r["train_seconds"] if r.get("train_seconds") else "not recorded", r.get("load_avg_at_end")]
+               for r in sorted(result["runs"], key=lambda r: (r["arm"], r["seed"]))]
     section = "\n\n".join([
         PARITY_MARKER,
         "## Quality parity of the fast path",
@@ -97,10 +118,12 @@ def write_report(result: dict[str, Any], md_path: Path) -> None:
         "evaluated the same way in fp32 (`dfgan.metrics.evaluate_run`). Parity on a metric: |mean(fast) - "
         "mean(fp32)| <= the larger seed-to-seed standard deviation of the two arms.",
         md_table(["metric", "fp32 mean ± sd", "fast mean ± sd", "fast - fp32", "seed spread", "within spread"], rows),
-        md_table(["arm", "seed", "steps", *result["metrics"], "steps/s (whole run)"], per_run),
-        "Training speed over the whole runs (incl. data, logging, sampling): "
+        md_table(["arm", "seed", "steps", *result["metrics"], "steps/s (whole run)", "load avg (1 min, at end)"],
+                 per_run),
+        "Training speed over the whole runs with a recorded time (incl. data, logging, sampling): "
         + ", ".join(f"{a} {v:.2f} steps/s" for a, v in speed.items())
-        + (f" (fast/fp32 = {speed['fast'] / speed['fp32']:.2f}x)" if len(speed) == 2 else "") + ".",
+        + (f" (fast/fp32 = {speed['fast'] / speed['fp32']:.2f}x)" if len(speed) == 2 else "") + "."
+        + (f" {result['note']}" if result.get("note") else ""),
     ]) + "\n"
     text = md_path.read_text() if md_path.exists() else "# Throughput benchmarks\n\n"
     if PARITY_MARKER in text:
@@ -122,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "reports" / "parity.json")
     ap.add_argument("--md", type=Path, default=ROOT / "reports" / "benchmarks.md")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--note", default="", help="a sentence for the report, e.g. what else ran on the machine")
     ap.add_argument("overrides", nargs="*", metavar="key.path=value", help="spec overrides for both arms")
     args = ap.parse_args(argv)
     for o in args.overrides:
@@ -135,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_one(args.variant, arm, seed, args.steps, args.overrides, args.out_dir, args.metrics,
                                 args.n_images, not args.quiet))
     result = {"variant": args.variant, "steps": args.steps, "seeds": seeds, "metrics": args.metrics,
-              "overrides": args.overrides, "argv": argv, "date": dt.datetime.now().isoformat(timespec="seconds"),
+              "overrides": args.overrides, "argv": argv, "note": args.note,
+              "date": dt.datetime.now().isoformat(timespec="seconds"),
               "runs": runs, "summary": summarise(runs, args.metrics)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, default=str))

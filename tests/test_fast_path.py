@@ -236,5 +236,8 @@ def test_parity_study_runs_both_arms_and_rewrites_its_section(tmp_path):
         assert len(s["fp32"]["values"]) == 2 and s["diff_fast_minus_fp32"] == pytest.approx(
             s["fast"]["mean"] - s["fp32"]["mean"])
     assert main(args) == 0  # resumes the finished runs, rewrites the section
+    again = json.loads(js.read_text())  # with the training times measured when they were trained
+    assert [r["train_seconds"] for r in again["runs"]] == [r["train_seconds"] for r in result["runs"]]
+    assert all(r["train_seconds"] > 0 for r in again["runs"])
     text = md.read_text()
     assert text.count(PARITY_MARKER) == 1 and "earlier content" in text and "| attr_acc |" in text
