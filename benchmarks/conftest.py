@@ -37,6 +37,8 @@ class Profile:
     sample_fp32_max: int | None = 256  # larger sizes sample in the fast configuration only (time budget)
     # training step per variant (every ablations/variants/*.yaml)
     variant_train: tuple[int, int, int] = (64, 8, 3)
+    # generator sampling of every named variant as defined (its fusion settings included): the study size
+    variant_sample: tuple[int, int, int] = (32, 32, 3)
     # MA-GP on vs off, interleaved
     magp: tuple[tuple[int, int, int], ...] = ((64, 8, 5), (128, 4, 3))
     # fusion blocks alone: feature-map sides (regions = side**2), channels, batch, rounds
@@ -62,6 +64,7 @@ PROFILES = {
         target_train=((64, 32, 10), (128, 32, 10), (256, 32, 5)),
         sample=((64, 32, 10), (128, 32, 10), (256, 32, 5), (512, 16, 5)),
         variant_train=(128, 32, 5),
+        variant_sample=(64, 32, 10),
         magp=((64, 32, 10), (256, 32, 5)),
         fusion_sides=(8, 16, 32, 64, 128, 256, 512),
         fusion_batch=16,
@@ -74,7 +77,7 @@ PROFILES = {
     "smoke": Profile(
         "smoke", nf=4,
         target_sample=((32, 2, 1),), target_train=((32, 2, 1),), sample=((32, 2, 1), (64, 2, 1)),
-        variant_train=(32, 2, 1), magp=((32, 2, 1),), fusion_sides=(4, 8), fusion_batch=2, fusion_rounds=1,
+        variant_train=(32, 2, 1), variant_sample=(32, 2, 1), magp=((32, 2, 1),), fusion_sides=(4, 8), fusion_batch=2, fusion_rounds=1,
         text_batch=4, compile_sample=None, memory=True, threads=1, option_train=(32, 2, 1), option_sample=(32, 2, 1),
     ),
 }

@@ -1,5 +1,7 @@
 """Generator sampling (no grad), images/s, for every backbone x fusion in the registries at every size of the
-profile, in fp32 (our fp32 path) and the fast configuration; FLOPs per image, fraction of peak, memory."""
+profile, and for every named variant as defined (its fusion settings included, e.g. the baselines' attention
+resolutions) at the studies' size, in fp32 (our fp32 path) and the fast configuration; FLOPs per image,
+fraction of peak, memory."""
 
 from __future__ import annotations
 
@@ -35,3 +37,18 @@ def test_sampling(benchmark, record, peaks, device, profile, sample_cfg, backbon
            **rates(flops, seconds, batch, speed, peaks),
            peak_memory_bytes=memory.get("peak_bytes"), memory_method=memory.get("method"),
            options_applied=work.options)
+
+
+@pytest.mark.parametrize("speed", ["fp32", "fast"])
+def test_sampling_variant(benchmark, record, peaks, device, profile, variant, speed):
+    imsize, batch, rounds = profile.variant_sample
+    try:
+        spec = bench_spec(variant, imsize=imsize, nf=profile.nf, batch=batch, speed=speed, device=device.type)
+        work = SampleWorkload(spec, device)
+    except (SpecError, ValueError) as e:
+        pytest.skip(f"{variant} at {imsize} px: {e}")
+    flops = count_flops(work)
+    benchmark.pedantic(work, rounds=rounds, warmup_rounds=1)
+    record(kind="sampling", **config_record(spec, speed, device),
+           **rates(flops, benchmark.stats.stats.median, batch, speed, peaks),
+           options_applied=work.options, description=spec.description)
