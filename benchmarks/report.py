@@ -154,6 +154,15 @@ def sampling_section(k: dict[str, list[dict]]) -> str:
                      "of peak", "peak MiB"], rows)
 
 
+def sampling_variants_section(k: dict[str, list[dict]]) -> str:
+    rows, peaks = [], best_peaks(k)
+    for e in sorted(k.get("sampling_variant", []), key=lambda e: (e["variant"], e["speed"])):
+        rows.append([e["variant"], e["backbone"], e["fusion"], e["imsize"], e["batch"], e["speed"],
+                     e["images_per_s"], e["gflop_per_image"], pct(frac(e, peaks))])
+    return md_table(["variant", "backbone", "fusion", "px", "batch", "config", "images/s", "GFLOP/image",
+                     "of peak"], rows)
+
+
 def variants_section(k: dict[str, list[dict]]) -> str:
     rows, peaks = [], best_peaks(k)
     for e in sorted(k.get("train_step", []), key=lambda e: (e["variant"], e["speed"])):
@@ -301,6 +310,9 @@ def write(json_path: Path, out: Path) -> str:
         f"{next((e['nf'] for e in k.get('target_sampling', [])), '?')})\n\n" + "\n".join(verdicts) + "\n\n" + targets,
         "## Matmul peak measured in this run\n\n" + peaks_section(k),
         "## Generator sampling per backbone x fusion\n\n" + sampling_section(k),
+        "## Generator sampling per named variant\n\nEach variant as defined (its fusion settings included, e.g. "
+        "the baselines' attention resolutions), at the size of the CPU studies; `dfgan report` quotes these.\n\n"
+        + sampling_variants_section(k),
         "## Training step (D step + G step) per variant\n\n" + variants_section(k),
         "## MA-GP overhead\n\n" + magp_section(k),
         "## Fusion blocks alone as the number of image regions grows\n\n"

@@ -49,6 +49,6 @@ def test_sampling_variant(benchmark, record, peaks, device, profile, variant, sp
         pytest.skip(f"{variant} at {imsize} px: {e}")
     flops = count_flops(work)
     benchmark.pedantic(work, rounds=rounds, warmup_rounds=1)
-    record(kind="sampling", **config_record(spec, speed, device),
+    record(kind="sampling_variant", **config_record(spec, speed, device),
            **rates(flops, benchmark.stats.stats.median, batch, speed, peaks),
            options_applied=work.options, description=spec.description)
