@@ -77,7 +77,8 @@ PROFILES = {
     "smoke": Profile(
         "smoke", nf=4,
         target_sample=((32, 2, 1),), target_train=((32, 2, 1),), sample=((32, 2, 1), (64, 2, 1)),
-        variant_train=(32, 2, 1), variant_sample=(32, 2, 1), magp=((32, 2, 1),), fusion_sides=(4, 8), fusion_batch=2, fusion_rounds=1,
+        variant_train=(32, 2, 1), variant_sample=(32, 2, 1),
+        magp=((32, 2, 1),), fusion_sides=(4, 8), fusion_batch=2, fusion_rounds=1,
         text_batch=4, compile_sample=None, memory=True, threads=1, option_train=(32, 2, 1), option_sample=(32, 2, 1),
     ),
 }
