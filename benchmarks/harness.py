@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from dfgan.spec import Spec, load_spec
+from dfgan.spec import Spec, SpecError, load_spec
 
 ROOT_DIR = Path(__file__).resolve().parents[1]  # the repository root
 COND_DIM = 256  # DAMSM sentence/word vector size (reference doc Sec. 4)
@@ -341,6 +341,18 @@ def rates(flops: int, seconds: float, images: int, speed: str, peaks: dict[str, 
             "gflop_per_call": flops / 1e9, "gflop_per_image": flops / images / 1e9,
             "achieved_gflop_per_s": flops / seconds / 1e9, "peak_precision": prec,
             "fraction_of_peak": flops / seconds / peak if peak else float("nan")}
+
+
+def variant_workload(make: Callable, variant: str, *, imsize: int, batch: int, nf: int, speed: str, device):
+    """``(spec, make(spec, device))`` for a named variant at this size, or a pytest skip naming why it cannot
+    run there (e.g. attention resolutions that no generator block has)."""
+    import pytest
+
+    try:
+        spec = bench_spec(variant, imsize=imsize, nf=nf, batch=batch, speed=speed, device=device.type)
+        return spec, make(spec, device)
+    except (SpecError, ValueError) as e:
+        pytest.skip(f"{variant} at {imsize} px: {e}")
 
 
 def config_record(spec: Spec, speed: str, device) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from benchmarks.harness import (
     count_flops,
     peak_memory,
     rates,
+    variant_workload,
 )
 from dfgan.spec import SpecError
 
@@ -42,11 +43,8 @@ def test_sampling(benchmark, record, peaks, device, profile, sample_cfg, backbon
 @pytest.mark.parametrize("speed", ["fp32", "fast"])
 def test_sampling_variant(benchmark, record, peaks, device, profile, variant, speed):
     imsize, batch, rounds = profile.variant_sample
-    try:
-        spec = bench_spec(variant, imsize=imsize, nf=profile.nf, batch=batch, speed=speed, device=device.type)
-        work = SampleWorkload(spec, device)
-    except (SpecError, ValueError) as e:
-        pytest.skip(f"{variant} at {imsize} px: {e}")
+    spec, work = variant_workload(SampleWorkload, variant, imsize=imsize, batch=batch, nf=profile.nf, speed=speed,
+                                  device=device)
     flops = count_flops(work)
     benchmark.pedantic(work, rounds=rounds, warmup_rounds=1)
     record(kind="sampling_variant", **config_record(spec, speed, device),

@@ -7,23 +7,19 @@ import pytest
 
 from benchmarks.harness import (
     TrainWorkload,
-    bench_spec,
     config_record,
     count_flops,
     peak_memory,
     rates,
+    variant_workload,
 )
-from dfgan.spec import SpecError
 
 
 @pytest.mark.parametrize("speed", ["fp32", "fast"])
 def test_train_step(benchmark, record, peaks, device, profile, variant, speed):
     imsize, batch, rounds = profile.variant_train
-    try:
-        spec = bench_spec(variant, imsize=imsize, nf=profile.nf, batch=batch, speed=speed, device=device.type)
-        work = TrainWorkload(spec, device)
-    except (SpecError, ValueError) as e:
-        pytest.skip(f"{variant} at {imsize} px: {e}")
+    spec, work = variant_workload(TrainWorkload, variant, imsize=imsize, batch=batch, nf=profile.nf, speed=speed,
+                                  device=device)
     flops = count_flops(work)
     memory = peak_memory(work, device) if profile.memory else {}
     benchmark.pedantic(work, rounds=rounds, warmup_rounds=1)
