@@ -108,7 +108,7 @@ class TrainSpec(_Strict):
     # (CUDA with bf16, CPU with AVX512-BF16/AMX), else fp32 (dfgan.runtime.resolve_precision; the run records it)
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     channels_last: bool = True  # NHWC weights and images
-    fused_affine: bool = True  # all DFBlock (gamma, beta) from one matmul per forward (dfgan.nn.fused), where any
+    fused_affine: bool = True  # all DFBlock (gamma, beta) from one matmul per forward (dfgan.nn.fused), if any
     compile: bool = False  # torch.compile of the generator only (never MA-GP's double backward)
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads (None = torch default)
