@@ -75,6 +75,13 @@ def check_compatibility(spec) -> None:
                 errors.append(f"eval.metrics[{i}]: '{name}' needs the built-in dataset's ground-truth attributes "
                               f"(data.name=builtin), and data.name is '{spec.data.name}': set eval.metrics=[] or "
                               "metrics for real data (dfgan eval --list)")
+    if spec.train.sampler == "attribute_pairs" and spec.data.name != "builtin":
+        errors.append(f"train.sampler: 'attribute_pairs' needs the built-in dataset's ground-truth attributes "
+                      f"(data.name=builtin), and data.name is '{spec.data.name}': use train.sampler=random or auto")
+    if spec.model.text_encoder.pretrain_sampler == "attribute_pairs" and spec.data.name != "builtin":
+        errors.append(f"model.text_encoder.pretrain_sampler: 'attribute_pairs' needs the built-in dataset's "
+                      f"ground-truth attributes (data.name=builtin), and data.name is '{spec.data.name}': use "
+                      "random or auto")
     if errors:
         raise SpecError("incompatible spec:\n  " + "\n  ".join(errors))
 

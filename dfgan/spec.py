@@ -61,6 +61,9 @@ class TextEncoderSpec(_Strict):
     pretrain_steps: int = Field(1500, ge=0)
     pretrain_batch_size: int = Field(64, ge=2)
     pretrain_lr: float = 2e-3
+    # batches of the matching loss: random, or attribute_pairs (images differing in one always-named attribute,
+    # hard negatives; built-in data only); auto = the dataset's own (AUTO_SAMPLER), resolved with the spec
+    pretrain_sampler: Literal["auto", "random", "attribute_pairs"] = "auto"
     model_path: str | None = None  # sentence_transformer: local model folder (default: the packaged MiniLM)
 
 
@@ -110,6 +113,11 @@ class TrainSpec(_Strict):
     channels_last: bool = True  # NHWC weights and images
     fused_affine: bool = True  # all DFBlock (gamma, beta) from one matmul per forward (dfgan.nn.fused), if any
     compile: bool = False  # torch.compile of the generator only (never MA-GP's double backward)
+    # order of images in batches: random = a seeded permutation per epoch (DF-GAN); attribute_pairs = adjacent
+    # images differ in exactly one attribute that every caption names, so that DF-GAN's rolled-batch mismatched
+    # pairs include hard negatives (built-in data only; dfgan.train.batches.paired_permutation); auto = the
+    # dataset's own (AUTO_SAMPLER), resolved when the spec is validated
+    sampler: Literal["auto", "random", "attribute_pairs"] = "auto"
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads (None = torch default)
     log_every: int = Field(10, ge=1)
@@ -119,6 +127,7 @@ class TrainSpec(_Strict):
 
 
 AUTO_METRICS: dict[str, tuple[str, ...]] = {"builtin": ("attr_acc", "fd_attr")}
+AUTO_SAMPLER: dict[str, str] = {"builtin": "attribute_pairs"}  # any other dataset: random
 
 
 class EvalSpec(_Strict):
@@ -147,9 +156,13 @@ class Spec(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
-    def _resolve_auto_metrics(self) -> Spec:
+    def _resolve_auto(self) -> Spec:
         if self.eval.metrics == "auto":
             self.eval.metrics = list(AUTO_METRICS.get(self.data.name, ()))
+        if self.train.sampler == "auto":
+            self.train.sampler = AUTO_SAMPLER.get(self.data.name, "random")
+        if self.model.text_encoder.pretrain_sampler == "auto":
+            self.model.text_encoder.pretrain_sampler = AUTO_SAMPLER.get(self.data.name, "random")
         return self
 
     # ---- identity ---------------------------------------------------------------------------------------

@@ -1,12 +1,17 @@
 """Deterministic, resumable batch plan: every step's batch is a pure function of (seed, step).
 
 Images are visited in a seeded permutation per epoch; the caption drawn for each item (one of K, as DF-GAN
-does) and any subset of an over-long caption come from a per-step seed. So N steps straight and N/2 steps,
-a resume, then N/2 steps see exactly the same batches, with any number of loader workers. Under
-``torchrun`` every rank computes the same global batch and takes its own slice of it.
+does) and any subset of an over-long caption come from a per-step seed. With ``pairs`` (ground-truth attributes,
+the built-in data) the permutation is made of adjacent pairs of images that differ in exactly one attribute
+(``paired_permutation``), so that DF-GAN's rolled-batch mismatched pairs include hard negatives. So N steps
+straight and N/2 steps, a resume, then N/2 steps see exactly the same batches, with any number of loader
+workers. Under ``torchrun`` every rank computes the same global batch and takes its own slice of it.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -17,20 +22,76 @@ def _rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) % (2**63) for k in keys]))
 
 
+def paired_permutation(attributes: dict[str, np.ndarray], vary: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+    """A permutation of all images in which each pair of positions (2k, 2k+1) holds, wherever the data has one,
+    two images that differ in exactly one attribute of ``vary`` (drawn uniformly per pair) and agree on all others.
+
+    DF-GAN's mismatched pairs are the batch rolled by one, so image 2k+1 meets the caption of image 2k: with
+    independent attributes almost every such pair differs in colour (or position, background...) and the
+    discriminator never needs the harder attributes to reject it; here half of them differ in one attribute
+    only. ``vary`` must hold attributes that every caption names, or a "mismatched" caption could be true of
+    the image. Images left without a partner are paired at random; with an odd count the last one is single.
+    """
+    names = list(attributes)
+    if not vary or any(a not in names for a in vary):
+        raise ValueError(f"vary must name attributes among {names}, got {list(vary)}")
+    table = np.stack([np.asarray(attributes[a]) for a in names], axis=1)
+    n = len(table)
+    buckets: dict[str, tuple[int, dict[tuple, list[int]]]] = {}
+    for a in vary:
+        col = names.index(a)
+        rest = np.delete(table, col, axis=1)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i in rng.permutation(n).tolist():
+            groups[tuple(rest[i].tolist())].append(i)
+        buckets[a] = (col, groups)
+    used = np.zeros(n, dtype=bool)
+    units: list[tuple[int, ...]] = []
+    singles: list[int] = []
+    for i in rng.permutation(n).tolist():
+        if used[i]:
+            continue
+        used[i] = True
+        partner = None
+        for a in rng.permutation(list(vary)).tolist():
+            col, groups = buckets[a]
+            key = tuple(np.delete(table[i], col).tolist())
+            partner = next((j for j in groups[key] if not used[j] and table[j, col] != table[i, col]), None)
+            if partner is not None:
+                break
+        if partner is None:
+            singles.append(i)
+        else:
+            used[partner] = True
+            units.append((i, partner))
+    units.extend(zip(singles[0::2], singles[1::2], strict=False))
+    order = [i for u in (units[k] for k in rng.permutation(len(units)).tolist()) for i in u]
+    if len(singles) % 2:
+        order.append(singles[-1])
+    return np.asarray(order, dtype=np.int64)
+
+
 class BatchPlan:
     def __init__(self, n_images: int, captions_per_image: int, batch_size: int, seed: int,
-                 world_size: int = 1, rank: int = 0):
+                 world_size: int = 1, rank: int = 0, *, pairs: dict[str, np.ndarray] | None = None,
+                 vary: Sequence[str] = ()):
+        """``pairs``: every image's attribute ids (name -> (N,)); with it each epoch is a ``paired_permutation``
+        over the attributes ``vary``. Any batch size works: whatever the parity of a batch's start, every other
+        adjacent pair in it is a pair, so half of the rolled mismatches are hard negatives."""
         if n_images < batch_size * world_size:
             raise ValueError(
                 f"dataset has {n_images} images, fewer than one global batch ({batch_size} x {world_size})"
             )
         self.n, self.k, self.b, self.seed = n_images, captions_per_image, batch_size, seed
         self.world, self.rank = world_size, rank
+        self.pairs, self.vary = pairs, tuple(vary)
         self._perm_cache: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: _rng(self.seed, 1, epoch).permutation(self.n)}
+            rng = _rng(self.seed, 1, epoch)
+            perm = rng.permutation(self.n) if self.pairs is None else paired_permutation(self.pairs, self.vary, rng)
+            self._perm_cache = {epoch: perm}
         return self._perm_cache[epoch]
 
     def keys(self, step: int) -> list[tuple[int, int, int]]:

@@ -181,8 +181,10 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
         need_words = "words" in FUSIONS.entry(spec.model.fusion.name).requires
         conditioner = TextConditioner(encoder, device, need_words)
         grid = SampleGrid(dataset, conditioner, spec.model.z_dim, spec.model.truncation, device)
+        pairs = t.sampler == "attribute_pairs"
         plan = BatchPlan(len(dataset), dataset.captions_per_image, t.batch_size, t.seed,
-                         dinfo.world_size, dinfo.rank)
+                         dinfo.world_size, dinfo.rank, pairs=dataset.attribute_array() if pairs else None,
+                         vary=dataset.always_named() if pairs else ())
         from dfgan.metrics.nop import nop_report
 
         nop = nop_report(gan, encoder)

@@ -33,7 +33,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from torch import nn
 
 from dfgan.nn.text_encoders import DAMSMTextEncoder
 from dfgan.registry import Registry
+from dfgan.train.batches import paired_permutation
 
 # Bump when the pretraining recipe changes (architecture, loss, sampler): cached encoders are then retrained.
 PRETRAIN_VERSION = 1
@@ -344,16 +345,23 @@ def _collate(dataset, keys) -> dict[str, torch.Tensor]:
 
 
 class _Sampler:
-    """Seeded batches of distinct images (epoch-wise permutations), each with a random caption and subset seed."""
+    """Seeded batches of distinct images (epoch-wise permutations), each with a random caption and subset seed.
+    With ``pairs`` (attribute ids, name -> (N,)) each epoch is a ``paired_permutation`` over ``vary``: a batch
+    holds pairs of images that differ in one attribute only, hard negatives for the matching loss."""
 
-    def __init__(self, n_images: int, captions_per_image: int, batch_size: int, seed: int):
+    def __init__(self, n_images: int, captions_per_image: int, batch_size: int, seed: int,
+                 pairs: dict[str, np.ndarray] | None = None, vary: Sequence[str] = ()):
         self.n, self.k, self.b = n_images, captions_per_image, batch_size
         self.rng = np.random.default_rng(seed)
+        self.pairs, self.vary = pairs, tuple(vary)
         self.order: list[int] = []
 
     def next_keys(self) -> list[tuple[int, int, int]]:
         if len(self.order) < self.b:
-            self.order = self.rng.permutation(self.n).tolist()
+            if self.pairs is None:
+                self.order = self.rng.permutation(self.n).tolist()
+            else:
+                self.order = paired_permutation(self.pairs, self.vary, self.rng).tolist()
         idx, self.order = self.order[: self.b], self.order[self.b :]
         caps = self.rng.integers(self.k, size=self.b)
         seeds = self.rng.integers(2**31, size=self.b)
@@ -434,7 +442,10 @@ def pretrain_text_encoder(
         img_enc = IMAGE_ENCODERS.build(image_encoder, out_dim=spec.embedding_dim).to(device)
         params = [p for p in list(text_enc.parameters()) + list(img_enc.parameters()) if p.requires_grad]
         opt = torch.optim.Adam(params, lr=spec.pretrain_lr, betas=ADAM_BETAS)
-        sampler = _Sampler(len(dataset), dataset.captions_per_image, batch_size, seed)
+        pairs = pretrain_sampler(spec, dataset) == "attribute_pairs"
+        sampler = _Sampler(len(dataset), dataset.captions_per_image, batch_size, seed,
+                           pairs=dataset.attribute_array() if pairs else None,
+                           vary=dataset.always_named() if pairs else ())
         text_enc.train(), img_enc.train()
         window: dict[str, list[float]] = {"loss": [], "s_loss": [], "w_loss": []}
         last = {"loss": float("nan"), "s_loss": float("nan"), "w_loss": 0.0}
@@ -478,6 +489,7 @@ def pretrain_text_encoder(
         "embedding_dim": spec.embedding_dim,
         "n_words": len(dataset.vocab),
         "word_loss": bool(word_loss),
+        "sampler": "attribute_pairs" if pairs else "random",
         "image_encoder": image_encoder,
         "seed": seed,
         **retrieval,
@@ -525,6 +537,18 @@ def load_damsm_checkpoint(path, n_words: int, *, device=None, embedding_dim: int
     return enc.to(_device(device)).eval().requires_grad_(False)
 
 
+def pretrain_sampler(spec, dataset) -> str:
+    """``spec.pretrain_sampler`` with "auto" resolved: attribute_pairs on data with ground-truth attributes."""
+    name = getattr(spec, "pretrain_sampler", "random")
+    has_pairs = hasattr(dataset, "always_named") and hasattr(dataset, "attribute_array")
+    if name == "auto":
+        return "attribute_pairs" if has_pairs else "random"
+    if name == "attribute_pairs" and not has_pairs:
+        raise ValueError("model.text_encoder.pretrain_sampler=attribute_pairs needs a dataset with ground-truth "
+                         "attributes (the built-in data); use random or auto")
+    return name
+
+
 def cache_key(spec, dataset) -> str:
     """Identifies a pretrained encoder: the data (content hash), the spec's pretraining fields, the recipe."""
     blob = json.dumps(
@@ -534,6 +558,7 @@ def cache_key(spec, dataset) -> str:
             "pretrain_steps": spec.pretrain_steps,
             "pretrain_batch_size": spec.pretrain_batch_size,
             "pretrain_lr": spec.pretrain_lr,
+            **({"pretrain_sampler": sampler} if (sampler := pretrain_sampler(spec, dataset)) != "random" else {}),
             "image_encoder": "small_cnn",
             "word_loss": False,
             "seed": 0,
