@@ -78,6 +78,13 @@ def check_compatibility(spec) -> None:
     if spec.train.sampler == "attribute_pairs" and spec.data.name != "builtin":
         errors.append(f"train.sampler: 'attribute_pairs' needs the built-in dataset's ground-truth attributes "
                       f"(data.name=builtin), and data.name is '{spec.data.name}': use train.sampler=random or auto")
+    if spec.train.sampler == "attribute_pairs" and spec.data.name == "builtin":
+        from dfgan.data.builtin import ALWAYS_NAMED
+
+        for i, a in enumerate(spec.train.pair_attributes):
+            if a not in ALWAYS_NAMED:
+                errors.append(f"train.pair_attributes[{i}]: '{a}' is not an attribute every caption names; "
+                              f"allowed: {', '.join(ALWAYS_NAMED)}")
     if spec.model.text_encoder.pretrain_sampler == "attribute_pairs" and spec.data.name != "builtin":
         errors.append(f"model.text_encoder.pretrain_sampler: 'attribute_pairs' needs the built-in dataset's "
                       f"ground-truth attributes (data.name=builtin), and data.name is '{spec.data.name}': use "

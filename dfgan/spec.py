@@ -118,6 +118,10 @@ class TrainSpec(_Strict):
     # pairs include hard negatives (built-in data only; dfgan.train.batches.paired_permutation); auto = the
     # dataset's own (AUTO_SAMPLER), resolved when the spec is validated
     sampler: Literal["auto", "random", "attribute_pairs"] = "auto"
+    # the attributes a pair may differ in (each pair: one of them, drawn uniformly); only attributes that every
+    # caption names (builtin: colour, shape, count). Default shape: random mismatches already differ in colour
+    # and count, and the built-in data's `full` follows those without pairs but not shape (README, Data)
+    pair_attributes: list[str] = Field(default_factory=lambda: ["shape"], min_length=1)
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads (None = torch default)
     log_every: int = Field(10, ge=1)

@@ -76,3 +76,8 @@ def test_spec_resolves_the_sampler_from_the_dataset_and_rejects_it_where_it_cann
                                      "data.root=x"])
     with pytest.raises(SpecError, match="train.sampler"):
         load_spec("full", overrides=["train.sampler=hard"])
+    assert builtin.train.pair_attributes == ["shape"]
+    assert load_spec("full", overrides=["train.pair_attributes=[colour, count]"]).hash() != builtin.hash()
+    with pytest.raises(SpecError, match=r"train.pair_attributes\[1\]: 'size' is not an attribute every caption "
+                                        r"names; allowed: colour, shape, count"):
+        load_spec("full", overrides=["train.pair_attributes=[shape, size]"])

@@ -184,7 +184,7 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
         pairs = t.sampler == "attribute_pairs"
         plan = BatchPlan(len(dataset), dataset.captions_per_image, t.batch_size, t.seed,
                          dinfo.world_size, dinfo.rank, pairs=dataset.attribute_array() if pairs else None,
-                         vary=dataset.always_named() if pairs else ())
+                         vary=t.pair_attributes if pairs else ())
         from dfgan.metrics.nop import nop_report
 
         nop = nop_report(gan, encoder)
