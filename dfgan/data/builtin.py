@@ -25,7 +25,7 @@ from dfgan.data.vocab import MAX_WORDS, Vocab, tokenize
 from dfgan.registry import DATASETS
 from dfgan.spec import DataSpec
 
-GENERATOR_VERSION = 4  # bump whenever rendering, captions or attribute sampling change (changes the hash)
+GENERATOR_VERSION = 5  # bump whenever rendering, captions or attribute sampling change (changes the hash)
 SPLITS = ("train", "test")
 NOISE_STD = 3.0  # per-pixel Gaussian noise, in 0..255 units
 
@@ -33,7 +33,7 @@ ATTRIBUTES: dict[str, list[str]] = {
     "colour": ["red", "green", "blue", "yellow", "purple", "orange"],
     # silhouettes that stay apart when blurred (what an early GAN draws): blurred to sigma 1.5 px at 32 px, the
     # closest two differ 3.4x more than circle and square did (GENERATOR_VERSION 1: circle, square, triangle, star)
-    "shape": ["ring", "square", "triangle", "bar"],
+    "shape": ["pillar", "square", "triangle", "bar"],
     "size": ["small", "large"],
     "position": ["left", "middle", "right"],
     "count": ["one", "two", "three"],  # class id c means c + 1 objects
@@ -123,8 +123,8 @@ def _shape_points(shape: str, cx: float, cy: float, d: float, rot: float) -> lis
         ang = -np.pi / 2 + np.arange(3) * 2 * np.pi / 3
         rad = np.full(3, r * 1.3)
         cy = cy + r * 1.3 / 4  # centre the bounding box rather than the centroid
-    elif shape == "bar":  # a horizontal 2.4:1 rectangle, 1.1 d wide
-        half_w, half_h = 1.1 * r, 0.45 * r
+    elif shape in ("bar", "pillar"):  # a horizontal / vertical 2.4:1 rectangle, 1.1 d long
+        half_w, half_h = (1.1 * r, 0.45 * r) if shape == "bar" else (0.45 * r, 1.1 * r)
         ang = np.arctan2([-half_h, -half_h, half_h, half_h], [-half_w, half_w, half_w, -half_w])
         rad = np.full(4, np.hypot(half_w, half_h))
     else:  # pragma: no cover
@@ -177,7 +177,7 @@ def render_image(attrs: dict[str, int], imsize: int, rng: np.random.Generator) -
             dr.ellipse(box, outline=255, width=width)
             dr.ellipse(hole, outline=255, width=width)
         else:
-            rot = rng.uniform(-0.2, 0.2) if shape != "bar" else rng.uniform(-0.12, 0.12)
+            rot = rng.uniform(-0.2, 0.2) if shape not in ("bar", "pillar") else rng.uniform(-0.12, 0.12)
             pts = _shape_points(shape, cx, cy, dd, rot)
             df.polygon(pts, fill=255)
             dr.polygon(pts, outline=255, width=width)
@@ -207,7 +207,7 @@ _COLOUR_WORDS = [
 ]
 # (singular, plural) noun phrases per shape
 _SHAPE_WORDS = [
-    [("ring", "rings"), ("hoop", "hoops"), ("donut", "donuts")],
+    [("pillar", "pillars"), ("column", "columns"), ("tower", "towers")],
     [("square", "squares"), ("box", "boxes"), ("block", "blocks")],
     [("triangle", "triangles"), ("triangular shape", "triangular shapes")],
     [("bar", "bars"), ("stripe", "stripes"), ("strip", "strips")],
