@@ -181,6 +181,10 @@ class Spec(_Strict):
         for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads"):
             d["train"].pop(k)
         d["data"].pop("root")
+        if self.data.name == "builtin":  # a new version of the generated data is a new experiment (study cells)
+            from dfgan.data.builtin import GENERATOR_VERSION
+
+            d["data"]["generator_version"] = GENERATOR_VERSION
         return d
 
     def hash(self) -> str:

@@ -97,3 +97,16 @@ def test_unknown_metric_fails_at_validation():
         load_spec("full", overrides=["eval.metrics=[attr_acc]", "data.name=birds", "data.root=x"])
     spec = load_spec("full", overrides=["eval.metrics=[attr_acc, fid2k_test_clean]"])
     assert spec.eval.metrics[1] == "fid2k_test_clean"
+
+
+def test_builtin_data_version_is_part_of_the_spec_hash(monkeypatch):
+    """A new version of the generated data is a new experiment: a study must not reuse cells run on the old one."""
+    from dfgan.data import builtin
+
+    spec = load_spec("full")
+    before = spec.hash()
+    assert spec.experiment_dict()["data"]["generator_version"] == builtin.GENERATOR_VERSION
+    monkeypatch.setattr(builtin, "GENERATOR_VERSION", builtin.GENERATOR_VERSION + 1)
+    assert spec.hash() != before
+    real = load_spec("full", overrides=["data.name=birds", "data.root=x"])
+    assert "generator_version" not in real.experiment_dict()["data"]
