@@ -75,9 +75,12 @@ def check_compatibility(spec) -> None:
                 errors.append(f"eval.metrics[{i}]: '{name}' needs the built-in dataset's ground-truth attributes "
                               f"(data.name=builtin), and data.name is '{spec.data.name}': set eval.metrics=[] or "
                               "metrics for real data (dfgan eval --list)")
-    if spec.train.sampler == "attribute_pairs" and spec.data.name != "builtin":
-        errors.append(f"train.sampler: 'attribute_pairs' needs the built-in dataset's ground-truth attributes "
-                      f"(data.name=builtin), and data.name is '{spec.data.name}': use train.sampler=random or auto")
+    samplers = {"train.sampler": spec.train.sampler,
+                "model.text_encoder.pretrain_sampler": spec.model.text_encoder.pretrain_sampler}
+    for field, sampler in samplers.items():
+        if sampler == "attribute_pairs" and spec.data.name != "builtin":
+            errors.append(f"{field}: 'attribute_pairs' needs the built-in dataset's ground-truth attributes "
+                          f"(data.name=builtin), and data.name is '{spec.data.name}': use random or auto")
     if spec.train.sampler == "attribute_pairs" and spec.data.name == "builtin":
         from dfgan.data.builtin import ALWAYS_NAMED
 
@@ -85,10 +88,6 @@ def check_compatibility(spec) -> None:
             if a not in ALWAYS_NAMED:
                 errors.append(f"train.pair_attributes[{i}]: '{a}' is not an attribute every caption names; "
                               f"allowed: {', '.join(ALWAYS_NAMED)}")
-    if spec.model.text_encoder.pretrain_sampler == "attribute_pairs" and spec.data.name != "builtin":
-        errors.append(f"model.text_encoder.pretrain_sampler: 'attribute_pairs' needs the built-in dataset's "
-                      f"ground-truth attributes (data.name=builtin), and data.name is '{spec.data.name}': use "
-                      "random or auto")
     if errors:
         raise SpecError("incompatible spec:\n  " + "\n  ".join(errors))
 
