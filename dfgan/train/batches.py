@@ -71,6 +71,12 @@ def paired_permutation(attributes: dict[str, np.ndarray], vary: Sequence[str], r
     return np.asarray(order, dtype=np.int64)
 
 
+def epoch_order(n: int, rng: np.random.Generator, pairs: dict[str, np.ndarray] | None = None,
+                vary: Sequence[str] = ()) -> np.ndarray:
+    """One epoch's order of ``n`` images: a permutation, or with ``pairs`` a ``paired_permutation`` over ``vary``."""
+    return rng.permutation(n) if pairs is None else paired_permutation(pairs, vary, rng)
+
+
 class BatchPlan:
     def __init__(self, n_images: int, captions_per_image: int, batch_size: int, seed: int,
                  world_size: int = 1, rank: int = 0, *, pairs: dict[str, np.ndarray] | None = None,
@@ -90,8 +96,7 @@ class BatchPlan:
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perm_cache:
             rng = _rng(self.seed, 1, epoch)
-            perm = rng.permutation(self.n) if self.pairs is None else paired_permutation(self.pairs, self.vary, rng)
-            self._perm_cache = {epoch: perm}
+            self._perm_cache = {epoch: epoch_order(self.n, rng, self.pairs, self.vary)}
         return self._perm_cache[epoch]
 
     def keys(self, step: int) -> list[tuple[int, int, int]]:

@@ -44,7 +44,7 @@ from torch import nn
 
 from dfgan.nn.text_encoders import DAMSMTextEncoder
 from dfgan.registry import Registry
-from dfgan.train.batches import paired_permutation
+from dfgan.train.batches import epoch_order
 
 # Bump when the pretraining recipe changes (architecture, loss, sampler): cached encoders are then retrained.
 PRETRAIN_VERSION = 1
@@ -346,7 +346,7 @@ def _collate(dataset, keys) -> dict[str, torch.Tensor]:
 
 class _Sampler:
     """Seeded batches of distinct images (epoch-wise permutations), each with a random caption and subset seed.
-    With ``pairs`` (attribute ids, name -> (N,)) each epoch is a ``paired_permutation`` over ``vary``: a batch
+    With ``pairs`` (attribute ids, name -> (N,)) each epoch is an ``epoch_order`` in pairs over ``vary``: a batch
     holds pairs of images that differ in one attribute only, hard negatives for the matching loss."""
 
     def __init__(self, n_images: int, captions_per_image: int, batch_size: int, seed: int,
@@ -358,10 +358,7 @@ class _Sampler:
 
     def next_keys(self) -> list[tuple[int, int, int]]:
         if len(self.order) < self.b:
-            if self.pairs is None:
-                self.order = self.rng.permutation(self.n).tolist()
-            else:
-                self.order = paired_permutation(self.pairs, self.vary, self.rng).tolist()
+            self.order = epoch_order(self.n, self.rng, self.pairs, self.vary).tolist()
         idx, self.order = self.order[: self.b], self.order[self.b :]
         caps = self.rng.integers(self.k, size=self.b)
         seeds = self.rng.integers(2**31, size=self.b)
