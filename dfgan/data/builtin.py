@@ -25,15 +25,16 @@ from dfgan.data.vocab import MAX_WORDS, Vocab, tokenize
 from dfgan.registry import DATASETS
 from dfgan.spec import DataSpec
 
-GENERATOR_VERSION = 5  # bump whenever rendering, captions or attribute sampling change (changes the hash)
+GENERATOR_VERSION = 6  # bump whenever rendering, captions or attribute sampling change (changes the hash)
 SPLITS = ("train", "test")
 NOISE_STD = 3.0  # per-pixel Gaussian noise, in 0..255 units
 
 ATTRIBUTES: dict[str, list[str]] = {
     "colour": ["red", "green", "blue", "yellow", "purple", "orange"],
     # silhouettes that stay apart when blurred (what an early GAN draws): blurred to sigma 1.5 px at 32 px, the
-    # closest two (pillar, triangle) differ 2.6x more than circle and square did (GENERATOR_VERSION 1: circle,
-    # square, triangle, star). A ring (v4) was learned last of all: its hole is a detail, not a silhouette
+    # closest two (pillar, triangle) differ 3.0x more than circle and square did (GENERATOR_VERSION 1: circle,
+    # square, triangle, star). A ring (v4) was learned last of all: its hole is a detail, not a silhouette. The
+    # triangle is wider than tall since v6 (equilateral before, and mostly drawn as a square)
     "shape": ["pillar", "square", "triangle", "bar"],
     "size": ["small", "large"],
     "position": ["left", "middle", "right"],
@@ -120,10 +121,9 @@ def _shape_points(shape: str, cx: float, cy: float, d: float, rot: float) -> lis
     if shape == "square":
         ang = np.pi / 4 + np.arange(4) * np.pi / 2
         rad = np.full(4, r * np.sqrt(2) * 0.9)  # side 0.9 d: similar visual weight to the circle
-    elif shape == "triangle":  # enlarged so that its area is close to the circle's
-        ang = -np.pi / 2 + np.arange(3) * 2 * np.pi / 3
-        rad = np.full(3, r * 1.3)
-        cy = cy + r * 1.3 / 4  # centre the bounding box rather than the centroid
+    elif shape == "triangle":  # pointing up, wider than tall (base 1.24 d, height 0.84 d), centred on its box
+        x, y = np.array([-1.24, 1.24, 0.0]) * r, np.array([0.84, 0.84, -0.84]) * r
+        ang, rad = np.arctan2(y, x), np.hypot(x, y)
     elif shape in ("bar", "pillar"):  # a horizontal / vertical 2.4:1 rectangle, 1.1 d long
         half_w, half_h = (1.1 * r, 0.45 * r) if shape == "bar" else (0.45 * r, 1.1 * r)
         ang = np.arctan2([-half_h, -half_h, half_h, half_h], [-half_w, half_w, half_w, -half_w])
@@ -170,7 +170,7 @@ def render_image(attrs: dict[str, int], imsize: int, rng: np.random.Generator) -
     width = max(1, round(0.075 * d * big))  # rim width ~ 7.5% of the object size (1-1.4 px at 64 px)
     for cx, cy in centres:
         cx, cy, dd = cx * big, cy * big, d * big
-        rot = rng.uniform(-0.2, 0.2) if shape not in ("bar", "pillar") else rng.uniform(-0.12, 0.12)
+        rot = rng.uniform(-0.2, 0.2) if shape == "square" else rng.uniform(-0.12, 0.12)
         pts = _shape_points(shape, cx, cy, dd, rot)
         df.polygon(pts, fill=255)
         dr.polygon(pts, outline=255, width=width)
