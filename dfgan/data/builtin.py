@@ -120,7 +120,7 @@ def _shape_points(shape: str, cx: float, cy: float, d: float, rot: float) -> lis
     r = d / 2
     if shape == "square":
         ang = np.pi / 4 + np.arange(4) * np.pi / 2
-        rad = np.full(4, r * np.sqrt(2) * 0.9)  # side 0.9 d: similar visual weight to the circle
+        rad = np.full(4, r * np.sqrt(2) * 0.9)  # side 0.9 d
     elif shape == "triangle":  # pointing up, wider than tall (base 1.24 d, height 0.84 d), centred on its box
         x, y = np.array([-1.24, 1.24, 0.0]) * r, np.array([0.84, 0.84, -0.84]) * r
         ang, rad = np.arctan2(y, x), np.hypot(x, y)
