@@ -183,7 +183,7 @@ def pytest_report_header(config):
 
 
 def _registry_names(axis: str) -> list[str]:
-    import dfgan.components  # noqa: F401
+    import dfgan.experiment  # noqa: F401  (registers every component)
     from dfgan.registry import ALL
 
     return ALL[axis].names()

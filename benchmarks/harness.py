@@ -1,6 +1,6 @@
 """What the benchmark suites share: speed configurations, workloads built from specs, timing, FLOPs, memory.
 
-Workloads are built from the same specs and the same code paths as training (``dfgan.model.build_gan``,
+Workloads are built from the same specs and the same code paths as training (``dfgan.experiment.build_gan``,
 ``dfgan.train.step.apply_speed_options``, ``Stepper``), on a fixed random batch: images in [-1, 1], random
 sentence (and word) vectors of the DAMSM size. No dataset and no text encoder are needed.
 
@@ -29,7 +29,9 @@ from typing import Any
 
 import torch
 
+from dfgan.experiment import build_gan, build_regulariser, needs_words, resolve_spec
 from dfgan.spec import Spec, SpecError, load_spec
+from dfgan.train.step import Stepper, apply_speed_options
 
 ROOT_DIR = Path(__file__).resolve().parents[1]  # the repository root
 COND_DIM = 256  # DAMSM sentence/word vector size (reference doc Sec. 4)
@@ -48,19 +50,12 @@ def bench_spec(variant: str = "full", *, imsize: int, nf: int = 32, batch: int =
     over = [f"data.imsize={imsize}", f"model.nf={nf}", f"train.batch_size={batch}", f"train.device={device}",
             "tracking.enabled=false"]
     over += [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in SPEEDS[speed].items()]
-    return load_spec(variant, overrides=over + list(overrides or []), check=check)
+    return (resolve_spec if check else load_spec)(variant, overrides=over + list(overrides or []))
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def needs_words(spec: Spec) -> bool:
-    import dfgan.components  # noqa: F401
-    from dfgan.registry import FUSIONS
-
-    return "words" in FUSIONS.entry(spec.model.fusion.name).requires
 
 
 @dataclass
@@ -88,8 +83,6 @@ class Batch:
 def build_models(spec: Spec, device, seed: int = 0):
     """(gan, regulariser) for ``spec``, weights seeded; the DBlock ``gamma`` scalars set to 0.5 so that the
     residual paths (zero at DF-GAN's init) take part in the measured work as they do after a few steps."""
-    from dfgan.model import build_gan, build_regulariser
-
     torch.manual_seed(seed)
     gan = build_gan(spec, cond_dim=COND_DIM, word_dim=COND_DIM)
     with torch.no_grad():
@@ -109,14 +102,10 @@ class TrainWorkload:
     """One training step (D step + G step) of ``spec`` on a fixed batch; ``reference=True`` for the yardstick."""
 
     def __init__(self, spec: Spec, device, *, reference: bool = False, gan=None, seed: int = 0):
-        from dfgan.train.step import Stepper, apply_speed_options
-
         self.spec, self.device, self.reference = spec, torch.device(device), reference
         if gan is None:
             gan, reg = build_models(spec, self.device, seed)
         else:
-            from dfgan.model import build_regulariser
-
             gan, reg = copy.deepcopy(gan).to(self.device), build_regulariser(spec)
         self.options = {} if reference else apply_speed_options(gan, spec.train)
         self.gan = gan
@@ -151,8 +140,6 @@ class SampleWorkload:
     """Generator sampling (inference, no grad) of ``spec`` on a fixed batch of noise and sentences."""
 
     def __init__(self, spec: Spec, device, *, gan=None, seed: int = 0):
-        from dfgan.train.step import apply_speed_options
-
         self.spec, self.device = spec, torch.device(device)
         gan = build_models(spec, self.device, seed)[0] if gan is None else copy.deepcopy(gan).to(self.device)
         self.options = apply_speed_options(gan, spec.train)

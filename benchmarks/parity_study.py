@@ -45,15 +45,18 @@ def arm_overrides(arm: str) -> list[str]:
 def run_one(variant: str, arm: str, seed: int, steps: int, overrides: list[str], out_dir: Path,
             metrics: list[str], n_images: int | None, progress: bool) -> dict[str, Any]:
     """Train (or resume) one (arm, seed) run and evaluate it; returns its record."""
-    from dfgan.metrics import EvalOptions, evaluate_run
-    from dfgan.spec import load_spec
-    from dfgan.train.loop import FINAL_WEIGHTS, run_dir_for, train
+    from dfgan.experiment import resolve_spec, run_folder, run_hash
+    from dfgan.metrics.evaluate import EvalOptions
+    from dfgan.runs import FINAL_WEIGHTS
+    from dfgan.tracking import Tracker
+    from dfgan.train.loop import train
+    from dfgan.trained import evaluate_run
 
     over = [f"train.steps={steps}", f"train.seed={seed}", f"train.out_dir={out_dir}", "tracking.enabled=false",
             *overrides, *arm_overrides(arm)]
-    spec = load_spec(variant, overrides=over)
-    finished_before = (run_dir_for(spec) / FINAL_WEIGHTS).is_file()
-    res = train(spec, resume=True, progress=progress, tracking=False)
+    spec = resolve_spec(variant, overrides=over)
+    finished_before = (run_folder(spec) / FINAL_WEIGHTS).is_file()
+    res = train(spec, resume=True, progress=progress, tracker=Tracker.for_spec(spec, enabled=False))
     # a run finished by an earlier invocation keeps the training time measured then (its resume takes ~0 s);
     # one finished before timings were kept (or trained across invocations) has none
     timing_file = res.run_dir / TIMING_FILE
@@ -70,7 +73,7 @@ def run_one(variant: str, arm: str, seed: int, steps: int, overrides: list[str],
             "last_losses": res.last_losses, "speed": info.get("speed"),
             "runtime": {k: v for k, v in (info.get("runtime") or {}).items()
                         if k in ("device", "threads", "torch", "allocator", "allocator_env")},
-            "spec_hash": spec.hash(), "arm_overrides": arm_overrides(arm)}
+            "spec_hash": run_hash(spec), "arm_overrides": arm_overrides(arm)}
 
 
 def _load_avg() -> float | None:

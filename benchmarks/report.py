@@ -230,7 +230,7 @@ def components_section(k: dict[str, list[dict]]) -> str:
     rows = [[e["text_encoder"], e["batch"], e["parameters"], e["seconds"] * 1e3, e["captions_per_s"],
              e["cached_seconds"] * 1e3, f"{e['cache_speedup']:.0f}x"] for e in k.get("text_encoder", [])]
     parts.append("**Text encoders** (frozen; one batch of captions, and the same batch from the per-caption "
-                 "sentence cache of `dfgan.conditioning.TextConditioner`):\n\n"
+                 "sentence cache of `dfgan.text.encoders.TextConditioner`):\n\n"
                  + md_table(["encoder", "batch", "parameters", "encode ms", "captions/s", "cached ms",
                              "cache speed-up"], rows))
     rows = [[e["imsize"], e["dtype"], e["n_mlps"], e["ratios"]["sides"]["per_affine"]["wall_median_s"] * 1e3,

@@ -49,10 +49,10 @@ def _vocab():
 
 def test_text_encoder(benchmark, record, device, profile, text_encoder):
     """Encoding one batch of captions with a frozen encoder, and the same batch from the per-caption cache
-    (``dfgan.conditioning.TextConditioner``: sentence vectors are computed once per caption)."""
-    from dfgan.conditioning import TextConditioner
+    (``dfgan.text.encoders.TextConditioner``: sentence vectors are computed once per caption)."""
     from dfgan.registry import TEXT_ENCODERS
     from dfgan.spec import TextEncoderSpec
+    from dfgan.text.encoders import TextConditioner
 
     vocab = _vocab()
     try:

@@ -11,7 +11,7 @@ from benchmarks.harness import COND_DIM, N_WORDS, count_flops, peak_memory, sync
 
 
 def test_fusion_block(benchmark, record, device, profile, fusion, fusion_side):
-    import dfgan.components  # noqa: F401
+    import dfgan.experiment  # noqa: F401  (registers every component)
     from dfgan.registry import FUSIONS
     from dfgan.spec import FusionSpec
 
@@ -49,7 +49,7 @@ def test_fusion_block(benchmark, record, device, profile, fusion, fusion_side):
 def test_word_region_attention_alone(benchmark, record, device, profile, fusion_side):
     """The attention inside ``cross_attention`` without its joint conv: AttnGAN's word-region attention,
     whose cost grows with regions x words (the part the paper's argument is about)."""
-    import dfgan.components  # noqa: F401
+    import dfgan.experiment  # noqa: F401  (registers every component)
     from dfgan.registry import FUSIONS
 
     if "cross_attention" not in FUSIONS:

@@ -30,7 +30,7 @@ from dfgan.nn.channels import discriminator_pairs
 from dfgan.nn.discriminators import DFGANDiscriminator
 from dfgan.nn.generators import OneStageGenerator
 from dfgan.nn.heads import OneWayHead
-from dfgan.nn.text_encoders import DAMSMTextEncoder
+from dfgan.nn.text_encoders import DAMSMTextEncoder, TextEncoderFileError, damsm_sizes, read_damsm_state
 
 __all__ = [
     "CheckpointError",
@@ -44,7 +44,6 @@ __all__ = [
 
 _MODULE_PREFIX = "module."
 _GBLOCK_RE = re.compile(r"^GBlocks\.(\d+)\.")
-_CONV_S_RE = re.compile(r"^DBlocks\.(\d+)\.conv_s\.(weight|bias)$")
 _NETS = ("netG", "netD", "netC")
 
 
@@ -293,22 +292,12 @@ def load_text_encoder(path, n_words: int | None = None, *, map_location="cpu") -
     the file. Returns the encoder in eval mode with ``requires_grad`` False; call it as
     ``encoder(captions, lengths) -> (words (B, 256, T), sentence (B, 256))``.
     """
-    state = _read(path, map_location)
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    state = _strip_prefix(state)
-    emb, w_hh = state.get("encoder.weight"), state.get("rnn.weight_hh_l0")
-    if _shape(emb) is None or len(_shape(emb)) != 2:
-        raise CheckpointError(
-            f"text_encoder: encoder.weight: checkpoint has {_shape(emb)}, model expects (n_words, 300) — "
-            f"is {path} a DAMSM text encoder? keys: {', '.join(list(state)[:8])}"
-        )
-    if _shape(w_hh) is None or len(_shape(w_hh)) != 2:
-        raise CheckpointError(
-            f"text_encoder: rnn.weight_hh_l0: checkpoint has {_shape(w_hh)}, model expects (512, 128)"
-        )
-    file_words, ninput = int(emb.shape[0]), int(emb.shape[1])
-    nhidden = 2 * int(w_hh.shape[1])
+    try:
+        state = read_damsm_state(path)
+    except TextEncoderFileError as e:
+        raise CheckpointError(f"text_encoder: {e}; model expects encoder.weight (n_words, 300) and "
+                              "rnn.weight_hh_l0 (512, 128)") from None
+    file_words, ninput, nhidden = damsm_sizes(state)
     if n_words is not None and int(n_words) != file_words:
         raise CheckpointError(
             f"text_encoder: encoder.weight: checkpoint has ({file_words}, {ninput}), model expects "

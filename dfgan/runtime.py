@@ -3,8 +3,9 @@
 A timing means little without the device, the thread count, the torch build and the memory allocator
 in force: glibc's default ``malloc`` trims and ``mmap``s the large blocks of a PyTorch CPU step on every
 step, which made DF-GAN's 256 px step about twice as slow and far noisier on the 2-core machines here
-(shared reference doc, Sec. 8). ``dfgan`` re-execs itself with ``MALLOC_ENV`` (see ``dfgan.cli``); this
-module reports what is actually in force, including a preloaded jemalloc/tcmalloc/mimalloc.
+(measured with ``benchmarks/``). ``dfgan`` re-execs itself with ``MALLOC_ENV`` (``dfgan.cli.main``), nox sets
+it for its sessions; this module reports what is actually in force, including a preloaded
+jemalloc/tcmalloc/mimalloc, and chooses the device a run uses.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 ALLOCATOR_ENV_PREFIXES = ("MALLOC_", "JE_MALLOC", "TCMALLOC_", "MIMALLOC_")
 ALLOCATOR_LIBS = ("jemalloc", "tcmalloc", "mimalloc")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+# glibc malloc thresholds raised: PyTorch CPU steps run up to 2x faster and far less noisy with these
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 
 
 def _cpu_flags() -> set[str]:
@@ -29,7 +32,8 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -51,18 +55,9 @@ def allocator_info() -> dict[str, Any]:
     except OSError:
         pass
     name = loaded[0] if loaded else ("glibc" if platform.system() == "Linux" else platform.system().lower())
-    from dfgan.cli import MALLOC_ENV
-
     tuned = name == "glibc" and all(env.get(k) == v for k, v in MALLOC_ENV.items())
     return {"allocator": name, "allocator_env": env, "ld_preload": os.environ.get("LD_PRELOAD", ""),
             "glibc_thresholds_raised": tuned}
-
-
-def allocator_label() -> str:
-    """One line, e.g. ``glibc MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296``."""
-    a = allocator_info()
-    env = " ".join(f"{k}={v}" for k, v in sorted(a["allocator_env"].items()))
-    return f"{a['allocator']} {env}".strip() if env else f"{a['allocator']} (defaults)"
 
 
 def runtime_info(device: Any = "cpu") -> dict[str, Any]:
@@ -73,7 +68,7 @@ def runtime_info(device: Any = "cpu") -> dict[str, Any]:
     flags = _cpu_flags()
     info: dict[str, Any] = {
         "device": str(dev),
-        "device_name": _cpu_model(),
+        "device_name": cpu_model(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
@@ -110,3 +105,15 @@ def resolve_precision(precision: str, device: Any = "cpu") -> str:
     if precision == "auto":
         return "bf16" if bf16_is_fast(device) else "fp32"
     return precision
+
+
+def pick_device(name: Any = "auto"):
+    """The torch device for ``train.device`` (or any device given): "auto" (or None) is CUDA when available,
+    else CPU; "cuda" without a CUDA device is an error that says what to set instead."""
+    import torch
+
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name) == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available (use train.device=auto or cpu)")
+    return torch.device(name)

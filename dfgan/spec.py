@@ -2,9 +2,10 @@
 
 A spec is read from YAML (a variant under ``ablations/variants`` is a small override of
 ``ablations/base.yaml``), patched with dotted overrides from the command line (``train.steps=200``), and
-validated once: unknown keys are errors, values are typed, and component names are checked against the
-registries together with what each component requires (``check_compatibility``) before any work starts.
-The resolved spec and its hash are stored with every run.
+validated once: unknown keys are errors and values are typed. This module imports no other dfgan module:
+checking the component names against the registries, and what each component requires, is
+``dfgan.experiment.check_spec`` (``dfgan.experiment.resolve_spec`` does both), and a run's identity adds what
+only the data knows (``dfgan.experiment.run_identity``). The resolved spec and its hash are stored with every run.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class TrainSpec(_Strict):
     compile: bool = False  # torch.compile of the generator only (never MA-GP's double backward)
     # order of images in batches: random = a seeded permutation per epoch (DF-GAN); attribute_pairs = adjacent
     # images differ in exactly one attribute that every caption names, so that DF-GAN's rolled-batch mismatched
-    # pairs include hard negatives (built-in data only; dfgan.train.batches.paired_permutation); auto = the
+    # pairs include hard negatives (built-in data only; dfgan.data.order.paired_permutation); auto = the
     # dataset's own (AUTO_SAMPLER), resolved when the spec is validated
     sampler: Literal["auto", "random", "attribute_pairs"] = "auto"
     # the attributes a pair may differ in (each pair: one of them, drawn uniformly); only attributes that every
@@ -133,6 +134,11 @@ class TrainSpec(_Strict):
 
 AUTO_METRICS: dict[str, tuple[str, ...]] = {"builtin": ("attr_acc", "fd_attr")}
 AUTO_SAMPLER: dict[str, str] = {"builtin": "attribute_pairs"}  # any other dataset: random
+
+
+def resolve_sampler(sampler: str, data_name: str) -> str:
+    """A batch order as a run uses it: "auto" is the dataset's own (``AUTO_SAMPLER``), others are kept."""
+    return AUTO_SAMPLER.get(data_name, "random") if sampler == "auto" else sampler
 
 
 class EvalSpec(_Strict):
@@ -164,10 +170,9 @@ class Spec(_Strict):
     def _resolve_auto(self) -> Spec:
         if self.eval.metrics == "auto":
             self.eval.metrics = list(AUTO_METRICS.get(self.data.name, ()))
-        if self.train.sampler == "auto":
-            self.train.sampler = AUTO_SAMPLER.get(self.data.name, "random")
-        if self.model.text_encoder.pretrain_sampler == "auto":
-            self.model.text_encoder.pretrain_sampler = AUTO_SAMPLER.get(self.data.name, "random")
+        self.train.sampler = resolve_sampler(self.train.sampler, self.data.name)
+        te = self.model.text_encoder
+        te.pretrain_sampler = resolve_sampler(te.pretrain_sampler, self.data.name)
         return self
 
     # ---- identity ---------------------------------------------------------------------------------------
@@ -175,28 +180,26 @@ class Spec(_Strict):
         return self.model_dump(mode="json")
 
     def experiment_dict(self) -> dict[str, Any]:
-        """What defines the experiment: everything except where/how it is run and logged."""
+        """What the spec says defines the experiment: everything except where/how it is run and logged.
+        A run's identity adds the data's own (``dfgan.experiment.run_identity``)."""
         d = self.to_dict()
         d.pop("name"), d.pop("description"), d.pop("tracking")
         for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads"):
             d["train"].pop(k)
         d["data"].pop("root")
-        if self.data.name == "builtin":  # a new version of the generated data is a new experiment (study cells)
-            from dfgan.data.builtin import GENERATOR_VERSION
-
-            d["data"]["generator_version"] = GENERATOR_VERSION
         return d
-
-    def hash(self) -> str:
-        """Hash of the experiment-defining fields (stable across runs, hosts and log settings)."""
-        blob = json.dumps(self.experiment_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.to_dict())
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def hash_identity(identity: dict[str, Any]) -> str:
+    """The 16-hex-digit hash of an identity dict (stable across runs, hosts and log settings)."""
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # ---- loading ------------------------------------------------------------------------------------------------
@@ -296,26 +299,21 @@ def format_validation_error(err: ValidationError) -> str:
     return "invalid spec:\n  " + "\n  ".join(lines)
 
 
-def from_dict(d: dict[str, Any], *, check: bool = True) -> Spec:
+def from_dict(d: dict[str, Any]) -> Spec:
+    """Validate a spec document against the schema (component names are checked by ``dfgan.experiment``)."""
     try:
-        spec = Spec.model_validate(d)
+        return Spec.model_validate(d)
     except ValidationError as e:
         raise SpecError(format_validation_error(e)) from None
-    if check:
-        from dfgan.compat import check_compatibility
-
-        check_compatibility(spec)
-    return spec
 
 
 def load_spec(
     variant: str | None = None,
     spec_file: str | Path | None = None,
     overrides: list[str] | None = None,
-    *,
-    check: bool = True,
 ) -> Spec:
-    """Resolve a spec: a spec file, or a named variant (default ``full``), then dotted overrides."""
+    """Resolve a spec: a spec file, or a named variant (default ``full``), then dotted overrides; schema-checked
+    only (``dfgan.experiment.resolve_spec`` also checks it against the registries)."""
     if variant and spec_file:
         raise SpecError("give either a variant or a spec file, not both")
     if spec_file:
@@ -326,4 +324,4 @@ def load_spec(
     else:
         d = variant_dict(variant or "full")
     d = apply_overrides(d, overrides or [])
-    return from_dict(d, check=check)
+    return from_dict(d)

@@ -60,50 +60,62 @@ def setup(uri: str, experiment: str, out_dir: str | Path):
 
 
 class Tracker:
-    """One MLflow run for one training run (resumable: reopens the run id kept in the checkpoint)."""
+    """One MLflow run (resumable: ``start(run_id=...)`` reopens the run kept in a checkpoint), and a context
+    manager that ends it in one place: FINISHED when the block completes, KILLED on an interrupt, FAILED (with
+    the error text and traceback as ``error.txt``) on any other exception. Disabled, every call is a no-op."""
 
-    def __init__(self, spec, *, enabled: bool = True, uri: str | None = None, run_id: str | None = None,
-                 parent_run_id: str | None = None, extra_tags: dict[str, Any] | None = None):
-        self.spec = spec
-        self.enabled = enabled
-        self.uri = resolve_uri(uri or spec.tracking.uri, spec.train.out_dir)
-        self.run_id = run_id
+    def __init__(self, *, experiment: str = "dfgan", uri: str | None = None, out_dir: str | Path = "runs",
+                 enabled: bool = True, parent_run_id: str | None = None, extra_tags: dict[str, Any] | None = None):
+        self.experiment, self.out_dir, self.enabled = experiment, out_dir, enabled
+        self.uri = resolve_uri(uri, out_dir)
         self.parent_run_id = parent_run_id
         self.extra_tags = extra_tags or {}
-        self._client = None
+        self.run_id: str | None = None
+        self._active = False
+
+    @classmethod
+    def for_spec(cls, spec, *, enabled: bool | None = None, uri: str | None = None, experiment: str | None = None,
+                 parent_run_id: str | None = None, extra_tags: dict[str, Any] | None = None) -> Tracker:
+        """The tracker ``spec.tracking`` asks for; arguments that are not None override it."""
+        return cls(experiment=experiment or spec.tracking.experiment, uri=uri or spec.tracking.uri,
+                   out_dir=spec.train.out_dir, enabled=spec.tracking.enabled if enabled is None else enabled,
+                   parent_run_id=parent_run_id, extra_tags=extra_tags)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def start(self, tags: dict[str, Any]) -> str | None:
+    def start(self, spec, run_hash: str, tags: dict[str, Any], run_id: str | None = None) -> str | None:
+        """Open the run (``run_id``: reopen it, else a new run named after the spec with every spec field as a
+        param and ``spec.yaml``), tagged with the variant, the run hash, the git commit and ``tags``."""
         if not self.enabled:
             return None
-        mlflow = setup(self.uri, self.spec.tracking.experiment, self.spec.train.out_dir)
-        self._client = mlflow.tracking.MlflowClient(self.uri)
-        if self.run_id:
-            run = mlflow.start_run(run_id=self.run_id)
+        mlflow = setup(self.uri, self.experiment, self.out_dir)
+        if run_id:
+            run = mlflow.start_run(run_id=run_id)
         else:
-            run = mlflow.start_run(run_name=self.spec.name, parent_run_id=self.parent_run_id,
+            run = mlflow.start_run(run_name=spec.name, parent_run_id=self.parent_run_id,
                                    nested=self.parent_run_id is not None)
-            params = {k: str(v) for k, v in self.spec.flat().items()}
-            items = list(params.items())
+            items = [(k, str(v)) for k, v in spec.flat().items()]
             for i in range(0, len(items), MAX_PARAMS_PER_CALL):
                 mlflow.log_params(dict(items[i:i + MAX_PARAMS_PER_CALL]))
-            mlflow.log_text(self.spec.to_yaml(), "spec.yaml")
-        self.run_id = run.info.run_id
-        all_tags = {"variant": self.spec.name, "spec_hash": self.spec.hash(), "git_commit": git_commit()}
-        all_tags.update(tags)
-        all_tags.update(self.extra_tags)
+            mlflow.log_text(spec.to_yaml(), "spec.yaml")
+        self.run_id, self._active = run.info.run_id, True
+        all_tags = {"variant": spec.name, "spec_hash": run_hash, "git_commit": git_commit(), **tags,
+                    **self.extra_tags}
         mlflow.set_tags({k: str(v) for k, v in all_tags.items()})
         return self.run_id
 
-    def finish(self) -> None:
-        if self.enabled:
+    def _end(self, status: str) -> None:
+        if self.enabled and self._active:
             import mlflow
 
-            mlflow.end_run(status="FINISHED")
+            mlflow.end_run(status=status)
+            self._active = False
+
+    def finish(self) -> None:
+        self._end("FINISHED")
 
     def fail(self, error: BaseException) -> None:
         """Mark the run FAILED, keeping the error text and traceback."""
-        if not self.enabled or self.run_id is None:
+        if not (self.enabled and self._active):
             return
         import mlflow
 
@@ -112,13 +124,22 @@ class Tracker:
             mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
             mlflow.log_text(text, "error.txt")
         finally:
-            mlflow.end_run(status="FAILED")
+            self._end("FAILED")
 
     def kill(self) -> None:
-        if self.enabled and self.run_id is not None:
-            import mlflow
+        self._end("KILLED")
 
-            mlflow.end_run(status="KILLED")
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            self.finish()
+        elif isinstance(exc, KeyboardInterrupt):
+            self.kill()
+        else:
+            self.fail(exc)
+        return False
 
     # -- logging -----------------------------------------------------------------------------------------------
     def metrics(self, values: dict[str, float], step: int) -> None:
@@ -126,6 +147,12 @@ class Tracker:
             import mlflow
 
             mlflow.log_metrics({k: float(v) for k, v in values.items()}, step=step)
+
+    def params(self, values: dict[str, Any]) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_params({k: str(v) for k, v in values.items()})
 
     def tags(self, values: dict[str, Any]) -> None:
         if self.enabled:

@@ -51,7 +51,7 @@ def attention_parameters(spec) -> int:
     """Parameters of the word-region attention modules (word projections) of a spec's generator."""
     import torch
 
-    from dfgan.model import build_gan
+    from dfgan.experiment import build_gan
 
     if spec.model.fusion.name != "cross_attention":
         return 0
@@ -62,15 +62,15 @@ def attention_parameters(spec) -> int:
 
 
 def rows(nf: int, imsize: int) -> list[dict]:
-    from dfgan.metrics.nop import spec_nop
-    from dfgan.spec import load_spec, variant_names
+    from dfgan.experiment import resolve_spec, spec_nop
+    from dfgan.spec import variant_names
 
     listed = [v for _, vs in GROUPS for v in vs]
     extra = [v for v in variant_names() if v not in listed]
     out = []
     for group, names in GROUPS + ([("Other variants", extra)] if extra else []):
         for name in names:
-            spec = load_spec(name, overrides=[f"model.nf={nf}", f"data.imsize={imsize}"])
+            spec = resolve_spec(name, overrides=[f"model.nf={nf}", f"data.imsize={imsize}"])
             rep = spec_nop(spec)
             mods = rep["modules"]
             d = sum(c["total"] for k, c in mods.items() if k.startswith("discriminators."))

@@ -7,8 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dfgan.spec import SpecError, load_spec
-from dfgan.train.batches import BatchPlan, paired_permutation
+from dfgan.data.order import paired_permutation
+from dfgan.experiment import resolve_spec, run_hash
+from dfgan.spec import SpecError
+from dfgan.train.batches import BatchPlan
 
 
 def _attributes(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -64,20 +66,20 @@ def test_paired_plan_is_deterministic_and_visits_every_image_once_per_epoch():
 
 
 def test_spec_resolves_the_sampler_from_the_dataset_and_rejects_it_where_it_cannot_apply():
-    builtin = load_spec("full")
+    builtin = resolve_spec("full")
     assert builtin.train.sampler == "attribute_pairs" == builtin.model.text_encoder.pretrain_sampler
-    assert load_spec("full", overrides=["train.sampler=attribute_pairs"]).hash() == builtin.hash()
-    real = load_spec("full", overrides=["data.name=birds", "data.root=x"])
+    assert run_hash(resolve_spec("full", overrides=["train.sampler=attribute_pairs"])) == run_hash(builtin)
+    real = resolve_spec("full", overrides=["data.name=birds", "data.root=x"])
     assert real.train.sampler == "random" == real.model.text_encoder.pretrain_sampler
     with pytest.raises(SpecError, match=r"train.sampler: 'attribute_pairs' needs the built-in .*'birds'"):
-        load_spec("full", overrides=["train.sampler=attribute_pairs", "data.name=birds", "data.root=x"])
+        resolve_spec("full", overrides=["train.sampler=attribute_pairs", "data.name=birds", "data.root=x"])
     with pytest.raises(SpecError, match=r"pretrain_sampler: 'attribute_pairs' needs the built-in"):
-        load_spec("full", overrides=["model.text_encoder.pretrain_sampler=attribute_pairs", "data.name=birds",
+        resolve_spec("full", overrides=["model.text_encoder.pretrain_sampler=attribute_pairs", "data.name=birds",
                                      "data.root=x"])
     with pytest.raises(SpecError, match="train.sampler"):
-        load_spec("full", overrides=["train.sampler=hard"])
+        resolve_spec("full", overrides=["train.sampler=hard"])
     assert builtin.train.pair_attributes == ["shape"]
-    assert load_spec("full", overrides=["train.pair_attributes=[colour, count]"]).hash() != builtin.hash()
+    assert run_hash(resolve_spec("full", overrides=["train.pair_attributes=[colour, count]"])) != run_hash(builtin)
     with pytest.raises(SpecError, match=r"train.pair_attributes\[1\]: 'size' is not an attribute every caption "
                                         r"names; allowed: colour, shape, count"):
-        load_spec("full", overrides=["train.pair_attributes=[shape, size]"])
+        resolve_spec("full", overrides=["train.pair_attributes=[shape, size]"])

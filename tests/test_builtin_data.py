@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dfgan.data import builtin as B
+from dfgan.data import builtin_render as R
 from dfgan.data.vocab import MAX_WORDS, tokenize
 from dfgan.registry import DATASETS
 from dfgan.spec import DataSpec
@@ -225,11 +226,11 @@ def test_backgrounds_differ_in_pixels(train, test_split):
     # textured + noisy, never flat
     assert (imgs.std(axis=(1, 2)).min(axis=1) > 5).all()
     # object colours are far from every background colour
-    assert np.linalg.norm(B._OBJECT_RGB[:, None] - centroids[None], axis=-1).min() > 60
+    assert np.linalg.norm(R._OBJECT_RGB[:, None] - centroids[None], axis=-1).min() > 60
 
 
 def _object_mask(img: np.ndarray, colour: int, tol: float = 55) -> np.ndarray:
-    return np.linalg.norm(img.astype(np.float32) - B._OBJECT_RGB[colour], axis=-1) < tol
+    return np.linalg.norm(img.astype(np.float32) - R._OBJECT_RGB[colour], axis=-1) < tol
 
 
 def _components(mask: np.ndarray) -> list[int]:

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dfgan.components  # noqa: F401  (registers every component)
-from dfgan.model import build_gan, build_regulariser
+import dfgan.experiment  # noqa: F401  (registers every component)
+from dfgan.experiment import build_gan, build_regulariser, resolve_spec
 from dfgan.nn.discriminators import DFGANDiscriminator
 from dfgan.nn.fusion import (
     CBNBlock,
@@ -29,7 +29,7 @@ from dfgan.nn.generators import StackedGenerator, stacked_stage_sizes
 from dfgan.nn.heads import OneWayHead, TwoWayHead
 from dfgan.nn.penalties import MAGP, ImageGP
 from dfgan.registry import ALL, FUSIONS, REGULARISERS
-from dfgan.spec import FusionSpec, RegulariserSpec, SpecError, load_spec
+from dfgan.spec import FusionSpec, RegulariserSpec, SpecError
 from dfgan.train.step import Stepper
 
 NF, COND, WORD, Z, T = 4, 12, 10, 8, 18
@@ -86,7 +86,7 @@ def test_stacked_stage_sizes_are_quarter_half_full(imsize, sizes):
 
 
 def test_stacked_generator_emits_one_image_per_stage_from_shared_features():
-    spec = load_spec("stacked", overrides=TINY)
+    spec = resolve_spec("stacked", overrides=TINY)
     torch.manual_seed(0)
     g = build_gan(spec, cond_dim=COND, word_dim=WORD).generator
     x = _inputs()
@@ -105,7 +105,7 @@ def test_stacked_generator_emits_one_image_per_stage_from_shared_features():
 
 
 def test_stacked_rejects_sizes_below_three_stages():
-    spec = load_spec("stacked", overrides=TINY)
+    spec = resolve_spec("stacked", overrides=TINY)
     with pytest.raises(ValueError, match="data.imsize=16"):
         StackedGenerator(NF, Z, COND, 16, spec.model.fusion, WORD)
 
@@ -114,7 +114,7 @@ def test_stacked_fused_affine_path_equals_per_affine_path():
     enable_fused_affine = pytest.importorskip("dfgan.nn.fused").enable_fused_affine  # the fast path's module
 
     for variant in ("stacked", "cbn"):
-        spec = load_spec(variant, overrides=TINY + ["model.backbone=stacked"])
+        spec = resolve_spec(variant, overrides=TINY + ["model.backbone=stacked"])
         torch.manual_seed(1)
         g = build_gan(spec, cond_dim=COND, word_dim=WORD).generator
         for m in g.modules():  # move the affines off their identity initialisation
@@ -146,7 +146,7 @@ def test_discriminator_unchanged_from_32px():
 @pytest.mark.parametrize("variant", ["full", "stacked", "baseline", "cbn", "concat"])
 def test_512px_builds_and_has_the_right_shapes(variant):
     """Build-and-count at 512 px: networks on the meta device, so the forward checks shapes without compute."""
-    spec = load_spec(variant, overrides=["model.nf=4", "data.imsize=512"])
+    spec = resolve_spec(variant, overrides=["model.nf=4", "data.imsize=512"])
     with torch.device("meta"):
         gan = build_gan(spec, cond_dim=COND, word_dim=WORD)
         x = {k: v.to("meta") for k, v in _inputs(b=2, imsize=4).items()}
@@ -357,7 +357,7 @@ def test_cross_attention_only_at_attention_resolutions_with_fallback_elsewhere()
 
 
 def test_cross_attention_that_never_attends_is_an_error():
-    spec = load_spec("cross_attention", overrides=TINY + ["model.fusion.attention_resolutions=[64,128]"])
+    spec = resolve_spec("cross_attention", overrides=TINY + ["model.fusion.attention_resolutions=[64,128]"])
     with pytest.raises(ValueError, match="model.fusion.attention_resolutions"):
         build_gan(spec, cond_dim=COND, word_dim=WORD)
 
@@ -382,7 +382,7 @@ def test_every_combination_of_backbone_head_fusion_regulariser_takes_a_step(back
     """All 72 combinations: one D + G step each, finite losses, the weights move (18 per test)."""
     x = _inputs()
     for b, h, fusion, reg_name in (c for c in COMBOS if c[:2] == (backbone, head)):
-        spec = load_spec("full", overrides=TINY + [f"model.backbone={b}", f"model.head={h}",
+        spec = resolve_spec("full", overrides=TINY + [f"model.backbone={b}", f"model.head={h}",
                                                   f"model.fusion.name={fusion}", f"model.regulariser.name={reg_name}",
                                                   "model.fusion.attention_resolutions=[16]"])
         torch.manual_seed(0)
@@ -455,12 +455,12 @@ def test_minilm_missing_model_folder_names_path_and_package(tmp_path):
 
 def test_cross_attention_with_a_sentence_only_encoder_fails_validation():
     with pytest.raises(SpecError) as e:
-        load_spec("cross_attention", overrides=["model.text_encoder.name=sentence_transformer"])
+        resolve_spec("cross_attention", overrides=["model.text_encoder.name=sentence_transformer"])
     msg = str(e.value)
     assert "model.fusion.name" in msg and "word embeddings" in msg and "damsm" in msg
     assert "model.text_encoder.name='sentence_transformer'" in msg
     # the same choice with a sentence fusion is fine
-    assert load_spec("minilm_text").model.text_encoder.name == "sentence_transformer"
+    assert resolve_spec("minilm_text").model.text_encoder.name == "sentence_transformer"
 
 
 @pytest.mark.parametrize("variant", ["magp_fake_match", "magp_fake_mismatch", "magp_real_mismatch", "r1",
@@ -468,7 +468,7 @@ def test_cross_attention_with_a_sentence_only_encoder_fails_validation():
 def test_bf16_step_with_every_penalty_target_and_new_fusion(variant):
     """``train.precision=bf16``: fakes come out of the generator in bf16; penalties that re-run D on them
     (fake targets) and the new fusions must still run and give finite losses."""
-    spec = load_spec(variant, overrides=TINY)
+    spec = resolve_spec(variant, overrides=TINY)
     torch.manual_seed(0)
     gan = build_gan(spec, cond_dim=COND, word_dim=WORD)
     opt_g = torch.optim.Adam(gan.generator.parameters(), 1e-4, betas=(0.0, 0.9))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-import dfgan.components  # noqa: F401
+import dfgan.experiment  # noqa: F401
 from dfgan.data.check import check_dataset, check_text_encoder_vocab
 from dfgan.data.errors import (
     CorruptImageError,
@@ -248,10 +248,10 @@ def test_vocabulary_size_must_match_the_text_encoder(tmp_path):
     with pytest.raises(DataFormatError, match="junk.pth"):
         check_text_encoder_vocab(tmp_path / "junk.pth", vocab)
     # training with that checkpoint stops before any work, naming it
-    from dfgan.conditioning import load_text_encoder
-    from dfgan.spec import load_spec
+    from dfgan.experiment import resolve_spec
+    from dfgan.text.encoders import load_text_encoder
 
-    spec = load_spec("full", overrides=["data.name=birds", f"data.root={root}", f"data.imsize={IMSIZE}",
+    spec = resolve_spec("full", overrides=["data.name=birds", f"data.root={root}", f"data.imsize={IMSIZE}",
                                         f"model.text_encoder.checkpoint={bad}"])
     with pytest.raises(ValueError, match=str(bad)):
         load_text_encoder(spec, open_ds("birds", root), device="cpu", cache_dir=tmp_path / "c")

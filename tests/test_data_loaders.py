@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-import dfgan.components  # noqa: F401  (registers the datasets)
+import dfgan.experiment  # noqa: F401  (registers the datasets)
 from dfgan.data.images import bird_crop_box, load_size
 from dfgan.data.vocab import MAX_WORDS, tokenize
+from dfgan.images import MIN_CELL
 from dfgan.registry import DATASETS
 from dfgan.spec import DataSpec
-from dfgan.viz import MIN_CELL
 from tests.data_fixtures import (
     BIRDS_K,
     COCO_K,
@@ -264,9 +264,9 @@ def mlflow_uri(tmp_path_factory):
 
 
 def _tiny_spec(name, root, out_dir, uri, *extra):
-    from dfgan.spec import load_spec
+    from dfgan.experiment import resolve_spec
 
-    return load_spec("full", overrides=[
+    return resolve_spec("full", overrides=[
         f"data.name={name}", f"data.root={root}", f"data.imsize={IMSIZE}", "model.nf=4", "train.steps=2",
         "train.batch_size=2", "model.text_encoder.pretrain_steps=2", "model.text_encoder.pretrain_batch_size=4",
         f"train.out_dir={out_dir}", f"tracking.uri={uri}", "train.log_every=1", *extra])
@@ -312,7 +312,7 @@ def test_pretrain_text_command(tmp_path, mlflow_uri, layout, capsys):
 
     from dfgan.cli import main
     from dfgan.nn.text_encoders import DAMSMTextEncoder
-    from dfgan.train.pretrain_text import load_damsm_checkpoint
+    from dfgan.text.encoders import load_damsm_checkpoint
 
     root = tmp_path / layout
     make_birds(root, n_train=4, n_test=2) if layout == "birds" else make_coco_json(root, n_train=5, n_test=3)
@@ -337,10 +337,10 @@ def test_pretrain_text_command(tmp_path, mlflow_uri, layout, capsys):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "text_loss")] == [3]
     assert "text_encoder/text_encoder.pth" in {a.path for a in client.list_artifacts(run.info.run_id, "text_encoder")}
     # usable as model.text_encoder.checkpoint
-    from dfgan.conditioning import load_text_encoder
-    from dfgan.spec import load_spec
+    from dfgan.experiment import resolve_spec
+    from dfgan.text.encoders import load_text_encoder
 
-    spec = load_spec("full", overrides=[f"data.name={layout}", f"data.root={root}", f"data.imsize={IMSIZE}",
+    spec = resolve_spec("full", overrides=[f"data.name={layout}", f"data.root={root}", f"data.imsize={IMSIZE}",
                                         f"model.text_encoder.checkpoint={weights}"])
     enc, info = load_text_encoder(spec, open_ds(layout, root), device="cpu", cache_dir=tmp_path / "c")
     assert info["source"] == "checkpoint" and torch.equal(enc.encoder.weight, state["encoder.weight"])

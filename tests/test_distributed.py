@@ -11,10 +11,9 @@ import mlflow
 import pytest
 import torch
 
-from dfgan.spec import load_spec
-from dfgan.train import checkpoint as ckpt_io
+from dfgan import runs
+from dfgan.experiment import resolve_spec, run_folder
 from dfgan.train.batches import BatchPlan
-from dfgan.train.loop import run_dir_for
 from tests.conftest import tiny_overrides
 
 
@@ -50,13 +49,13 @@ def test_torchrun_two_processes(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["dfgan"])
-    assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED"
-    assert runs["tags.world_size"].iloc[0] == "2"
+    found = mlflow.search_runs(experiment_names=["dfgan"])
+    assert len(found) == 1 and found["status"].iloc[0] == "FINISHED"
+    assert found["tags.world_size"].iloc[0] == "2"
     client = mlflow.tracking.MlflowClient(uri)
-    hist = client.get_metric_history(runs["run_id"].iloc[0], "loss_d")
+    hist = client.get_metric_history(found["run_id"].iloc[0], "loss_d")
     assert [m.step for m in hist] == [1, 2, 3, 4]  # logged once per step, by rank 0 only
-    spec = load_spec("full", overrides=overrides)
-    ckpt = ckpt_io.load(run_dir_for(spec) / "checkpoint.pt")
+    spec = resolve_spec("full", overrides=overrides)
+    ckpt = runs.load_checkpoint(run_folder(spec) / "checkpoint.pt")
     assert ckpt["step"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["models"].values() if v.is_floating_point())

@@ -182,13 +182,14 @@ def test_bf16_step_keeps_penalty_losses_and_optimiser_in_fp32():
 
 
 def test_train_loop_records_the_fast_path(tmp_path):
-    from dfgan.spec import load_spec
+    from dfgan.experiment import resolve_spec
+    from dfgan.tracking import Tracker
     from dfgan.train.loop import train
     from tests.conftest import tiny_overrides
 
-    spec = load_spec("full", overrides=tiny_overrides(tmp_path, **{
+    spec = resolve_spec("full", overrides=tiny_overrides(tmp_path, **{
         "train.steps": 2, "train.precision": "bf16", "train.channels_last": "true", "train.fused_affine": "true"}))
-    res = train(spec, progress=False, tracking=False)
+    res = train(spec, progress=False, tracker=Tracker(enabled=False))
     assert res.steps == 2 and all(v == v for v in res.last_losses.values())
     assert res.info["speed"] == {"fused_affine": True, "channels_last": True, "precision": "bf16"}
     rt = res.info["runtime"]
@@ -199,8 +200,9 @@ def test_train_loop_records_the_fast_path(tmp_path):
 def test_auto_precision_is_bf16_only_where_bf16_is_native(tmp_path, monkeypatch, native):
     """``train.precision=auto`` resolves per machine (``bf16_is_fast``) and the run records what it used."""
     import dfgan.runtime
+    from dfgan.experiment import resolve_spec
     from dfgan.runtime import resolve_precision
-    from dfgan.spec import load_spec
+    from dfgan.tracking import Tracker
     from dfgan.train.loop import train
     from tests.conftest import tiny_overrides
 
@@ -208,8 +210,8 @@ def test_auto_precision_is_bf16_only_where_bf16_is_native(tmp_path, monkeypatch,
     want = "bf16" if native else "fp32"
     assert resolve_precision("auto", "cpu") == want
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
-    spec = load_spec("full", overrides=tiny_overrides(tmp_path, **{"train.steps": 1, "train.precision": "auto"}))
-    res = train(spec, progress=False, tracking=False)
+    spec = resolve_spec("full", overrides=tiny_overrides(tmp_path, **{"train.steps": 1, "train.precision": "auto"}))
+    res = train(spec, progress=False, tracker=Tracker(enabled=False))
     assert res.info["speed"]["precision"] == want
 
 

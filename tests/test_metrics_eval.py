@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dfgan.cli import main
-from dfgan.spec import load_spec
+from dfgan.experiment import resolve_spec
+from dfgan.tracking import Tracker
 from dfgan.train.loop import train
 from tests.conftest import tiny_overrides
 
@@ -40,8 +41,8 @@ def test_dfgan_train_prints_the_final_evaluation(tmp_path, capsys):
 
 
 def test_dfgan_eval_adds_its_metrics_to_the_same_mlflow_run(tmp_path, capsys):
-    spec = load_spec("full", overrides=tiny_overrides(tmp_path, **{"eval.metrics": "[]"}))  # eval's alone
-    res = train(spec, progress=False, tracking_uri=_uri(tmp_path))
+    spec = resolve_spec("full", overrides=tiny_overrides(tmp_path, **{"eval.metrics": "[]"}))  # eval's alone
+    res = train(spec, progress=False, tracker=Tracker.for_spec(spec, uri=_uri(tmp_path)))
     rc = main(["eval", "--run", str(res.run_dir), "--metrics", "attr_acc,fd_attr,rprec_damsm", "--n", "24",
                "--batch-size", "10", "--tracking-uri", _uri(tmp_path), "--device", "cpu", "--quiet"])
     out = capsys.readouterr().out
@@ -74,9 +75,10 @@ def test_dfgan_eval_adds_its_metrics_to_the_same_mlflow_run(tmp_path, capsys):
 
 
 def test_periodic_evaluation_is_logged_and_does_not_change_training(tmp_path):
-    plain = train(load_spec("full", overrides=tiny_overrides(tmp_path / "a")), progress=False, tracking=False)
-    spec = load_spec("full", overrides=tiny_overrides(tmp_path / "b", **EVAL, **{"eval.interval": 2}))
-    res = train(spec, progress=False, tracking_uri=_uri(tmp_path))
+    plain = train(resolve_spec("full", overrides=tiny_overrides(tmp_path / "a")), progress=False,
+                  tracker=Tracker(enabled=False))
+    spec = resolve_spec("full", overrides=tiny_overrides(tmp_path / "b", **EVAL, **{"eval.interval": 2}))
+    res = train(spec, progress=False, tracker=Tracker.for_spec(spec, uri=_uri(tmp_path)))
     lines = _lines(res.run_dir)
     assert [(r["metric"], r["step"]) for r in lines] == [("attr_acc", 2), ("fd_attr", 2), ("attr_acc", 4),
                                                          ("fd_attr", 4)]
@@ -91,13 +93,13 @@ def test_periodic_evaluation_is_logged_and_does_not_change_training(tmp_path):
 
 
 def test_generated_images_do_not_depend_on_the_batch_size(tmp_path):
-    from dfgan.conditioning import TextConditioner
+    from dfgan.experiment import build_gan
     from dfgan.metrics.evaluate import generate_images
-    from dfgan.model import build_gan
     from dfgan.nn.text_encoders import DAMSMTextEncoder
     from dfgan.registry import DATASETS
+    from dfgan.text.encoders import TextConditioner
 
-    spec = load_spec("full", overrides=tiny_overrides(tmp_path))
+    spec = resolve_spec("full", overrides=tiny_overrides(tmp_path))
     test = DATASETS.build("builtin", spec.data, "test")
     torch.manual_seed(0)
     enc = DAMSMTextEncoder(len(test.vocab), nhidden=spec.model.text_encoder.embedding_dim).eval()
@@ -119,8 +121,8 @@ def test_generated_images_do_not_depend_on_the_batch_size(tmp_path):
 
 
 def test_eval_errors_name_what_is_wrong(tmp_path, capsys):
-    spec = load_spec("full", overrides=tiny_overrides(tmp_path, **{"train.steps": 2}))
-    res = train(spec, progress=False, tracking=False)
+    spec = resolve_spec("full", overrides=tiny_overrides(tmp_path, **{"train.steps": 2}))
+    res = train(spec, progress=False, tracker=Tracker(enabled=False))
     assert main(["eval", "--run", str(res.run_dir), "--metrics", "fid_birds", "--no-track"]) == 1
     assert "unknown metric 'fid_birds'" in capsys.readouterr().err
     rc = main(["eval", "--run", str(res.run_dir), "--metrics", "kid_test_clean", "--n", "8", "--no-track",

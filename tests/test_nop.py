@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dfgan.experiment import GAN
 from dfgan.metrics.nop import (
     PAPER_RULE,
     TRAINABLE_RULE,
@@ -16,7 +17,6 @@ from dfgan.metrics.nop import (
     nop_report,
     unused_official_conv_s,
 )
-from dfgan.model import GAN
 from dfgan.nn.discriminators import DFGANDiscriminator
 from dfgan.nn.generators import OneStageGenerator
 from dfgan.nn.heads import OneWayHead
@@ -102,7 +102,7 @@ def test_trainable_only_and_missing_text_encoder():
 
 
 def test_build_gan_container():
-    from dfgan.model import build_gan
+    from dfgan.experiment import build_gan
     from dfgan.spec import DataSpec, Spec
 
     gan = build_gan(Spec(data=DataSpec(imsize=64)), cond_dim=256, word_dim=256)

@@ -9,9 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dfgan.train.pretrain_text as pt
+import dfgan.text.encoders
 from dfgan.nn.text_encoders import DAMSMTextEncoder
 from dfgan.spec import TextEncoderSpec
+from dfgan.text.damsm_losses import sentence_loss, word_loss, word_similarity
+from dfgan.text.encoders import cache_key, get_text_encoder
+from dfgan.text.image_encoders import IMAGE_ENCODERS, efficientnet_lite0_weights_path
+from dfgan.text.pretrain import pretrain_text_encoder
 
 MAX_WORDS = 18
 COLOURS = {"red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "blue": (-1.0, -1.0, 1.0), "white": (1.0, 1.0, 1.0)}
@@ -73,7 +77,7 @@ def test_sentence_loss_lower_for_matched_pairs():
     img = torch.randn(8, 16, generator=g)
     matched = img + 0.1 * torch.randn(8, 16, generator=g)
     shuffled = matched[torch.roll(torch.arange(8), 1)]
-    lm, ls = pt.sentence_loss(img, matched), pt.sentence_loss(img, shuffled)
+    lm, ls = sentence_loss(img, matched), sentence_loss(img, shuffled)
     assert math.isfinite(lm.item()) and math.isfinite(ls.item())
     assert lm < 0.1 < 5 < ls
     # two captions of one image: masking removes the other copy from the softmax, so it cannot hurt
@@ -82,7 +86,7 @@ def test_sentence_loss_lower_for_matched_pairs():
     dup[1] = dup[0]
     img_dup = img.clone()
     img_dup[1] = img_dup[0]
-    assert pt.sentence_loss(img_dup, dup, ids) < 0.05 < 0.3 < pt.sentence_loss(img_dup, dup)  # 2 ln2 / 8 * 2
+    assert sentence_loss(img_dup, dup, ids) < 0.05 < 0.3 < sentence_loss(img_dup, dup)  # 2 ln2 / 8 * 2
 
 
 def _word_similarity_loop(regions, words, lengths, g1=4.0, g2=5.0):
@@ -111,20 +115,20 @@ def test_word_loss_vectorised_matches_loop():
     words = torch.randn(5, 6, 7, generator=g, dtype=torch.float64)
     lengths = torch.tensor([7, 3, 1, 5, 2])
     words = words.masked_fill((torch.arange(7)[None, :] >= lengths[:, None])[:, None, :], 0.0)  # LSTM padding
-    fast = pt.word_similarity(regions, words, lengths)
+    fast = word_similarity(regions, words, lengths)
     slow = _word_similarity_loop(regions, words, lengths)
     torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-9)
-    loss = pt.word_loss(regions, words, lengths)
+    loss = word_loss(regions, words, lengths)
     labels = torch.arange(5)
     ref = F.cross_entropy(10 * slow.t(), labels) + F.cross_entropy(10 * slow, labels)
     torch.testing.assert_close(loss, ref)
-    assert math.isfinite(pt.word_loss(regions.float(), words.float(), lengths, torch.tensor([0, 0, 1, 2, 3])).item())
+    assert math.isfinite(word_loss(regions.float(), words.float(), lengths, torch.tensor([0, 0, 1, 2, 3])).item())
 
 
 def test_word_loss_gradients_finite():
     regions = torch.randn(4, 8, 2, 2, requires_grad=True)
     words = torch.randn(4, 8, 5, requires_grad=True)
-    pt.word_loss(regions, words, torch.tensor([5, 1, 3, 2])).backward()
+    word_loss(regions, words, torch.tensor([5, 1, 3, 2])).backward()
     assert torch.isfinite(regions.grad).all() and torch.isfinite(words.grad).all()
 
 
@@ -132,18 +136,18 @@ def test_word_loss_gradients_finite():
 
 
 def test_image_encoder_registry_and_missing_weights(tmp_path):
-    assert {"small_cnn", "efficientnet_lite0"} <= set(pt.IMAGE_ENCODERS.names())
-    enc = pt.IMAGE_ENCODERS.build("small_cnn", out_dim=16)
+    assert {"small_cnn", "efficientnet_lite0"} <= set(IMAGE_ENCODERS.names())
+    enc = IMAGE_ENCODERS.build("small_cnn", out_dim=16)
     regions, glob = enc(torch.rand(2, 3, 64, 64) * 2 - 1)
     assert regions.shape == (2, 16, 8, 8) and glob.shape == (2, 16)
     missing = tmp_path / "nope" / "efficientnet-lite0.pth"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        pt.IMAGE_ENCODERS.build("efficientnet_lite0", weights=missing)
+        IMAGE_ENCODERS.build("efficientnet_lite0", weights=missing)
 
 
 def test_pretraining_decreases_loss_and_returns_frozen_encoder():
     logs = []
-    enc, info = pt.pretrain_text_encoder(
+    enc, info = pretrain_text_encoder(
         TinyShapes(),
         _spec(),
         device="cpu",
@@ -168,11 +172,11 @@ def test_pretraining_is_deterministic_and_leaves_caller_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a, ia = pt.pretrain_text_encoder(TinyShapes(), _spec(), device="cpu", steps=3, progress=False, seed=7)
+    a, ia = pretrain_text_encoder(TinyShapes(), _spec(), device="cpu", steps=3, progress=False, seed=7)
     after = torch.rand(1)
     assert torch.equal(before, after)
-    b, ib = pt.pretrain_text_encoder(TinyShapes(), _spec(), device="cpu", steps=3, progress=False, seed=7)
-    c, _ = pt.pretrain_text_encoder(TinyShapes(), _spec(), device="cpu", steps=3, progress=False, seed=8)
+    b, ib = pretrain_text_encoder(TinyShapes(), _spec(), device="cpu", steps=3, progress=False, seed=7)
+    c, _ = pretrain_text_encoder(TinyShapes(), _spec(), device="cpu", steps=3, progress=False, seed=8)
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     assert ia["loss"] == ib["loss"]
@@ -184,9 +188,9 @@ def test_pretraining_is_deterministic_and_leaves_caller_rng_alone():
 
 def test_get_text_encoder_caches(tmp_path, monkeypatch):
     ds = TinyShapes()
-    enc, info = pt.get_text_encoder(_spec(), ds, device="cpu", cache_dir=tmp_path, progress=False)
+    enc, info = get_text_encoder(_spec(), ds, device="cpu", cache_dir=tmp_path, progress=False)
     assert info["source"] == "pretrained"
-    path = tmp_path / "text_encoders" / f"damsm-{pt.cache_key(_spec(), ds)}.pth"
+    path = tmp_path / "text_encoders" / f"damsm-{cache_key(_spec(), ds)}.pth"
     assert info["path"] == str(path) and path.is_file() and path.with_suffix(".json").is_file()
     state = torch.load(path, weights_only=True)
     assert "encoder.weight" in state and any(k.startswith("rnn.") for k in state)
@@ -195,16 +199,16 @@ def test_get_text_encoder_caches(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("pretrained again instead of loading the cache")
 
-    monkeypatch.setattr(pt, "pretrain_text_encoder", boom)
-    enc2, info2 = pt.get_text_encoder(_spec(), ds, device="cpu", cache_dir=tmp_path, progress=False)
+    monkeypatch.setattr(dfgan.text.encoders, "pretrain_text_encoder", boom)
+    enc2, info2 = get_text_encoder(_spec(), ds, device="cpu", cache_dir=tmp_path, progress=False)
     assert info2["source"] == "cache" and info2["path"] == str(path) and "retrieval_top1" in info2
     for k, v in enc.state_dict().items():
         assert torch.equal(v, enc2.state_dict()[k])
     assert not enc2.training and not any(p.requires_grad for p in enc2.parameters())
     # other data or other pretraining fields -> another cache entry
-    assert pt.cache_key(_spec(), TinyShapes(content_hash="other")) != pt.cache_key(_spec(), ds)
-    assert pt.cache_key(_spec(pretrain_lr=1e-3), ds) != pt.cache_key(_spec(), ds)
-    assert pt.cache_key(_spec(model_path="x"), ds) == pt.cache_key(_spec(), ds)
+    assert cache_key(_spec(), TinyShapes(content_hash="other")) != cache_key(_spec(), ds)
+    assert cache_key(_spec(pretrain_lr=1e-3), ds) != cache_key(_spec(), ds)
+    assert cache_key(_spec(model_path="x"), ds) == cache_key(_spec(), ds)
 
 
 def test_checkpoint_with_module_prefix_loads(tmp_path):
@@ -212,7 +216,7 @@ def test_checkpoint_with_module_prefix_loads(tmp_path):
     src = DAMSMTextEncoder(len(ds.vocab), nhidden=32)
     ckpt = tmp_path / "text_encoder100.pth"
     torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, ckpt)
-    enc, info = pt.get_text_encoder(_spec(checkpoint=str(ckpt)), ds, device="cpu", cache_dir=tmp_path)
+    enc, info = get_text_encoder(_spec(checkpoint=str(ckpt)), ds, device="cpu", cache_dir=tmp_path)
     assert info == {"source": "checkpoint", "path": str(ckpt)}
     for k, v in src.state_dict().items():
         assert torch.equal(v, enc.state_dict()[k])
@@ -224,7 +228,7 @@ def test_checkpoint_vocab_mismatch_names_both_sizes(tmp_path):
     ckpt = tmp_path / "other.pth"
     torch.save(DAMSMTextEncoder(len(ds.vocab) + 5, nhidden=32).state_dict(), ckpt)
     with pytest.raises(ValueError) as err:
-        pt.get_text_encoder(_spec(checkpoint=str(ckpt)), ds, device="cpu", cache_dir=tmp_path)
+        get_text_encoder(_spec(checkpoint=str(ckpt)), ds, device="cpu", cache_dir=tmp_path)
     msg = str(err.value)
     assert str(ckpt) in msg and str(len(ds.vocab) + 5) in msg and str(len(ds.vocab)) in msg
 
@@ -232,19 +236,19 @@ def test_checkpoint_vocab_mismatch_names_both_sizes(tmp_path):
 def test_missing_checkpoint_and_other_encoders(tmp_path):
     missing = tmp_path / "missing" / "text_encoder.pth"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        pt.get_text_encoder(_spec(checkpoint=str(missing)), TinyShapes(), device="cpu", cache_dir=tmp_path)
+        get_text_encoder(_spec(checkpoint=str(missing)), TinyShapes(), device="cpu", cache_dir=tmp_path)
     with pytest.raises(NotImplementedError, match="sentence_transformer"):
-        pt.get_text_encoder(_spec(name="sentence_transformer"), TinyShapes(), device="cpu", cache_dir=tmp_path)
+        get_text_encoder(_spec(name="sentence_transformer"), TinyShapes(), device="cpu", cache_dir=tmp_path)
 
 
 def test_efficientnet_lite0_from_local_weights():
     try:
-        path = pt.efficientnet_lite0_weights_path()
+        path = efficientnet_lite0_weights_path()
     except FileNotFoundError as e:
         pytest.skip(str(e))
     if not path.is_file():
         pytest.skip(f"no EfficientNet-Lite0 weights at {path}")
-    enc = pt.IMAGE_ENCODERS.build("efficientnet_lite0", out_dim=16, input_size=64).train()
+    enc = IMAGE_ENCODERS.build("efficientnet_lite0", out_dim=16, input_size=64).train()
     regions, glob = enc(torch.rand(2, 3, 32, 32) * 2 - 1)
     assert regions.shape == (2, 16, 4, 4) and glob.shape == (2, 16)
     trainable = {n.split(".")[0] for n, p in enc.named_parameters() if p.requires_grad}

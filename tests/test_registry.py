@@ -35,6 +35,6 @@ def test_unknown_lists_choices():
 
 
 def test_real_registries_populated():
-    import dfgan.components  # noqa: F401
+    import dfgan.experiment  # noqa: F401
 
     assert "dfblock" in FUSIONS

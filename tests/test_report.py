@@ -14,8 +14,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from dfgan.reports import NoRunsError, build_report
-from dfgan.reports.metric_names import choose_metric, quality_columns
+from dfgan.metrics.names import choose_metric, quality_columns
+from dfgan.reports.build import NoRunsError, build_report
 from dfgan.reports.stats import bootstrap_diff, factorial_effects
 from dfgan.reports.tables import latex_escape
 
@@ -66,7 +66,8 @@ def synthetic(tmp_path_factory):
          {"loss_g": {1: 1.0}}, {}, status="FAILED")
     client.set_terminated(parent, "FINISHED")
 
-    from dfgan.studies import load_study_definition, plan_study
+    from dfgan.studies.definition import load_study_definition
+    from dfgan.studies.runner import plan_study
 
     fexp = client.create_experiment("factorial", artifact_location=(tmp / "art").as_uri())
     rng = np.random.default_rng(1)

@@ -1,10 +1,11 @@
 import pytest
 
-from dfgan.spec import SpecError, load_spec, variant_names
+from dfgan.experiment import resolve_spec, run_hash, run_identity
+from dfgan.spec import SpecError, variant_names
 
 
 def test_full_variant_is_dfgan():
-    spec = load_spec("full")
+    spec = resolve_spec("full")
     m = spec.model
     assert (m.backbone, m.head, m.fusion.name, m.regulariser.name) == ("one_stage", "one_way", "dfblock", "ma_gp")
     assert (m.regulariser.k, m.regulariser.p, m.regulariser.target) == (2.0, 6.0, "real_match")
@@ -15,30 +16,30 @@ def test_full_variant_is_dfgan():
 def test_variants_exist_and_differ():
     names = variant_names()
     assert {"full", "no_magp"} <= set(names)
-    assert load_spec("no_magp").model.regulariser.name == "none"
-    assert load_spec("no_magp").hash() != load_spec("full").hash()
+    assert resolve_spec("no_magp").model.regulariser.name == "none"
+    assert run_hash(resolve_spec("no_magp")) != run_hash(resolve_spec("full"))
 
 
 def test_overrides_typed():
-    spec = load_spec("full", overrides=["model.nf=16", "train.betas=[0.5, 0.99]", "data.imsize=128"])
+    spec = resolve_spec("full", overrides=["model.nf=16", "train.betas=[0.5, 0.99]", "data.imsize=128"])
     assert spec.model.nf == 16 and spec.data.imsize == 128 and tuple(spec.train.betas) == (0.5, 0.99)
 
 
 def test_unknown_key_is_error():
     with pytest.raises(SpecError, match=r"model\.nff: unknown key"):
-        load_spec("full", overrides=["model.nff=16"])
+        resolve_spec("full", overrides=["model.nff=16"])
 
 
 def test_bad_value_names_field():
     with pytest.raises(SpecError, match=r"data\.imsize: .*power of two"):
-        load_spec("full", overrides=["data.imsize=100"])
+        resolve_spec("full", overrides=["data.imsize=100"])
     with pytest.raises(SpecError, match=r"model\.regulariser\.target"):
-        load_spec("full", overrides=["model.regulariser.target=everything"])
+        resolve_spec("full", overrides=["model.regulariser.target=everything"])
 
 
 def test_unknown_component_lists_allowed():
     with pytest.raises(SpecError) as e:
-        load_spec("full", overrides=["model.fusion.name=nonsense"])
+        resolve_spec("full", overrides=["model.fusion.name=nonsense"])
     msg = str(e.value)
     assert "model.fusion.name" in msg and "allowed:" in msg and "dfblock" in msg
 
@@ -51,7 +52,7 @@ def test_requirement_checked_before_work():
     TEXT_ENCODERS.add("_no_words_test", lambda **k: None)
     try:
         with pytest.raises(SpecError) as e:
-            load_spec("full", overrides=["model.fusion.name=_needs_words_test",
+            resolve_spec("full", overrides=["model.fusion.name=_needs_words_test",
                                          "model.text_encoder.name=_no_words_test"])
         assert "model.fusion.name" in str(e.value) and "requires word embeddings" in str(e.value)
         assert "text_encoder 'damsm'" in str(e.value)
@@ -61,41 +62,41 @@ def test_requirement_checked_before_work():
 
 
 def test_hash_ignores_logging_fields_only():
-    a = load_spec("full")
-    assert a.hash() == load_spec("full", overrides=["train.log_every=99", "train.out_dir=/tmp/x"]).hash()
-    assert a.hash() != load_spec("full", overrides=["train.seed=1"]).hash()
+    a = resolve_spec("full")
+    assert run_hash(a) == run_hash(resolve_spec("full", overrides=["train.log_every=99", "train.out_dir=/tmp/x"]))
+    assert run_hash(a) != run_hash(resolve_spec("full", overrides=["train.seed=1"]))
 
 
 def test_unknown_variant_lists_known():
     with pytest.raises(SpecError, match="unknown variant 'nope'.*full"):
-        load_spec("nope")
+        resolve_spec("nope")
 
 
 def test_spec_file_extends_variant(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text("extends: no_magp\nmodel: {nf: 8}\n")
-    spec = load_spec(spec_file=f)
+    spec = resolve_spec(spec_file=f)
     assert spec.model.nf == 8 and spec.model.regulariser.name == "none"
 
 
 def test_auto_metrics_follow_the_dataset():
     """eval.metrics "auto": the built-in data's attribute metrics, nothing on real data; an explicit list is kept
     and resolves to the same spec hash as the "auto" it equals."""
-    builtin = load_spec("full")
+    builtin = resolve_spec("full")
     assert builtin.eval.metrics == ["attr_acc", "fd_attr"]
-    assert load_spec("full", overrides=["eval.metrics=[attr_acc, fd_attr]"]).hash() == builtin.hash()
-    assert load_spec("full", overrides=["data.name=birds", "data.root=x"]).eval.metrics == []
-    assert load_spec("full", overrides=["eval.metrics=[]"]).eval.metrics == []
+    assert run_hash(resolve_spec("full", overrides=["eval.metrics=[attr_acc, fd_attr]"])) == run_hash(builtin)
+    assert resolve_spec("full", overrides=["data.name=birds", "data.root=x"]).eval.metrics == []
+    assert resolve_spec("full", overrides=["eval.metrics=[]"]).eval.metrics == []
     with pytest.raises(SpecError, match="eval.metrics"):
-        load_spec("full", overrides=["eval.metrics=attr_acc"])
+        resolve_spec("full", overrides=["eval.metrics=attr_acc"])
 
 
 def test_unknown_metric_fails_at_validation():
     with pytest.raises(SpecError, match=r"eval\.metrics\[1\]: unknown metric 'fid_nonsense'"):
-        load_spec("full", overrides=["eval.metrics=[attr_acc, fid_nonsense]"])
+        resolve_spec("full", overrides=["eval.metrics=[attr_acc, fid_nonsense]"])
     with pytest.raises(SpecError, match=r"eval.metrics\[0\]: 'attr_acc' needs the built-in .*'birds'"):
-        load_spec("full", overrides=["eval.metrics=[attr_acc]", "data.name=birds", "data.root=x"])
-    spec = load_spec("full", overrides=["eval.metrics=[attr_acc, fid2k_test_clean]"])
+        resolve_spec("full", overrides=["eval.metrics=[attr_acc]", "data.name=birds", "data.root=x"])
+    spec = resolve_spec("full", overrides=["eval.metrics=[attr_acc, fid2k_test_clean]"])
     assert spec.eval.metrics[1] == "fid2k_test_clean"
 
 
@@ -103,10 +104,30 @@ def test_builtin_data_version_is_part_of_the_spec_hash(monkeypatch):
     """A new version of the generated data is a new experiment: a study must not reuse cells run on the old one."""
     from dfgan.data import builtin
 
-    spec = load_spec("full")
-    before = spec.hash()
-    assert spec.experiment_dict()["data"]["generator_version"] == builtin.GENERATOR_VERSION
+    spec = resolve_spec("full")
+    before = run_hash(spec)
+    assert run_identity(spec)["data"]["generator_version"] == builtin.GENERATOR_VERSION
     monkeypatch.setattr(builtin, "GENERATOR_VERSION", builtin.GENERATOR_VERSION + 1)
-    assert spec.hash() != before
-    real = load_spec("full", overrides=["data.name=birds", "data.root=x"])
-    assert "generator_version" not in real.experiment_dict()["data"]
+    assert run_hash(spec) != before
+    real = resolve_spec("full", overrides=["data.name=birds", "data.root=x"])
+    assert "generator_version" not in run_identity(real)["data"]
+
+
+# Run hashes of named variants as study cells and run folders of earlier versions know them (computed before the
+# spec -> experiment restructuring). A change here orphans every existing run and study cell of that variant:
+# only a change of what the variant computes may move its hash.
+KNOWN_HASHES = {
+    "full": "ea636cb197de7869",
+    "no_magp": "8d38a80843083bba",
+    "two_way": "5afb631f81442a9b",
+    "stacked": "afdfee514a8b1704",
+    "cross_attention": "9dd1e14aa84e48fb",
+    "baseline": "23cd4048de839b8b",
+    "baseline_onestage_magp": "3049d7ba3df85413",
+    "r1": "75bbbf3ceb1d68e1",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(KNOWN_HASHES))
+def test_named_variant_hashes_are_stable(variant):
+    assert run_hash(resolve_spec(variant)) == KNOWN_HASHES[variant]

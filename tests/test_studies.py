@@ -12,21 +12,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-import dfgan.metrics
-from dfgan.spec import SpecError, load_spec
-from dfgan.studies import (
-    adhoc_definition,
-    load_study_definition,
-    open_storage,
-    parse_params,
-    parse_seeds,
-    plan_study,
-    run_search,
-    run_study,
-    study_status,
-)
-from dfgan.studies.definition import resolve_seeds
-from dfgan.studies.storage import describe_storage
+from dfgan.experiment import resolve_spec, run_hash
+from dfgan.spec import SpecError
+from dfgan.studies.definition import adhoc_definition, load_study_definition, parse_seeds, resolve_seeds
+from dfgan.studies.runner import plan_study, run_study, study_status
+from dfgan.studies.search import parse_params, run_search
+from dfgan.studies.storage import describe_storage, open_storage
 from dfgan.train import loop
 
 TINY = ["model.nf=4", "data.imsize=32", "train.steps=2", "model.text_encoder.pretrain_steps=2",
@@ -48,7 +39,7 @@ def test_study_files_define_the_paper_tables():
     labels = [c.label for c in comp.cells()]
     assert comp.kind == "cumulative" and labels[0] == "baseline" and labels[-1] == "full" and len(labels) == 5
     # each row adds exactly one component to the previous one (the paper's cumulative order)
-    specs = [load_spec(v, overrides=["model.nf=4"]) for v in labels]
+    specs = [resolve_spec(v, overrides=["model.nf=4"]) for v in labels]
     for prev, cur in zip(specs, specs[1:], strict=False):
         a, b = prev.model.model_dump(), cur.model.model_dump()
         assert sum(a[k] != b[k] for k in a) == 1, (prev.name, cur.name)
@@ -126,11 +117,11 @@ def test_study_interrupted_failing_cell_resumes_and_retries(env, monkeypatch):
     fail_once: dict[str, str] = {}
 
     def counting_train(spec, **kw):
-        trained.append(spec.hash())
+        trained.append(run_hash(spec))
         return real_train(spec, **kw)
 
     def maybe_failing_regulariser(spec):  # runs after the MLflow run started: a failure inside training
-        if fail_once.pop(spec.hash(), None):
+        if fail_once.pop(run_hash(spec), None):
             raise RuntimeError(f"injected failure for {spec.name} seed {spec.train.seed}")
         return real_reg(spec)
 
@@ -182,7 +173,7 @@ def test_study_interrupted_failing_cell_resumes_and_retries(env, monkeypatch):
     assert trial_states.count(TrialState.COMPLETE) == 4
 
     # the report of this study: one row per variant, values = the runs' own final attr_acc
-    from dfgan.reports import build_report
+    from dfgan.reports.build import build_report
 
     rep = build_report("tiny", tracking_uri=env["uri"], out_dir=env["out"] / "reports", n_boot=500)
     t1 = rep.tables["table1_variants"].frame
@@ -224,12 +215,12 @@ def test_search_reports_prunes_and_exports(env, monkeypatch, tmp_path):
     def score(spec):
         return -abs(math.log10(spec.train.lr_g) + 4.0)
 
-    def fake_eval(spec, gan, conditioner, dataset, device, tracker, step, run_dir):
+    def fake_eval(spec, run_hash, gan, conditioner, dataset, device, tracker, step, run_dir):
         values = {"attr_acc": score(spec)}
         tracker.metrics(values, step)
-        return values
+        return [{"metric": k, "value": v} for k, v in values.items()]
 
-    monkeypatch.setattr(dfgan.metrics, "evaluate_during_training", fake_eval, raising=False)
+    monkeypatch.setattr(loop, "evaluate_during_training", fake_eval)
     export = tmp_path / "tuned_best.yaml"
     over = [*env["overrides"], "train.steps=4", "eval.interval=1", "eval.metrics=[attr_acc]"]
     out = run_search(study="tune", variant="full", params=parse_params("train.lr_g=loguniform(1e-6,1e-2)"),
@@ -255,12 +246,12 @@ def test_search_reports_prunes_and_exports(env, monkeypatch, tmp_path):
     exported = yaml.safe_load(export.read_text())
     assert exported["extends"] == "full"
     assert exported["train"]["lr_g"] == pytest.approx(best.params["train.lr_g"])
-    assert load_spec(spec_file=export).train.lr_g == pytest.approx(best.params["train.lr_g"])
+    assert resolve_spec(spec_file=export).train.lr_g == pytest.approx(best.params["train.lr_g"])
     runs = _cell_runs(env["uri"], "tune")
     pruned_runs = runs[runs.get("tags.pruned", "") == "true"]
     assert len(pruned_runs) == out.pruned and (pruned_runs["status"] == "KILLED").all()
 
-    from dfgan.reports import build_report
+    from dfgan.reports.build import build_report
 
     rep = build_report("tune", tracking_uri=env["uri"], out_dir=tmp_path / "reports")
     trials = rep.tables["search_trials"].frame
@@ -274,8 +265,8 @@ def test_dead_worker_trial_is_failed_and_retried(env):
     import subprocess
     import sys
 
-    from dfgan.studies.grid import load_or_create_study
     from dfgan.studies.ledger import worker_identity
+    from dfgan.studies.runner import load_or_create_study
 
     plan = plan_study(adhoc_definition("dead", ["no_magp"], 1), overrides=env["overrides"])
     e = plan.entries[0]

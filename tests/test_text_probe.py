@@ -1,4 +1,4 @@
-"""The linear attribute probe of a text encoder (dfgan.metrics.text_probe) and its record in pretraining."""
+"""The linear attribute probe of a text encoder (dfgan.text.probe) and its record in pretraining."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from dfgan.data import builtin as B
-from dfgan.metrics.text_probe import attribute_probe, has_attributes
 from dfgan.spec import DataSpec
+from dfgan.text.probe import attribute_probe, has_attributes
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_probe_reads_what_the_encoder_encodes_and_nothing_more(splits):
 
 def test_pretraining_records_the_probe(tmp_path, splits):
     from dfgan.spec import TextEncoderSpec
-    from dfgan.train.pretrain_text import get_text_encoder
+    from dfgan.text.encoders import get_text_encoder
 
     train, _ = splits
     te = TextEncoderSpec(embedding_dim=32, pretrain_steps=2, pretrain_batch_size=8)

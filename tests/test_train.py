@@ -6,19 +6,21 @@ import mlflow
 import pytest
 import torch
 
-from dfgan.spec import load_spec
-from dfgan.train import checkpoint as ckpt_io
-from dfgan.train.loop import RunExistsError, run_dir_for, train
+from dfgan import runs
+from dfgan.experiment import resolve_spec, run_folder, run_hash, run_identity
+from dfgan.runs import RunExistsError
+from dfgan.tracking import Tracker
+from dfgan.train.loop import train
 from dfgan.train.step import NonFiniteLossError
 from tests.conftest import tiny_overrides
 
 
 def _spec(tmp_path, variant="full", **extra):
-    return load_spec(variant, overrides=tiny_overrides(tmp_path, **extra))
+    return resolve_spec(variant, overrides=tiny_overrides(tmp_path, **extra))
 
 
 def _weights(run_dir):
-    return ckpt_io.load(run_dir / "checkpoint.pt")["models"]
+    return runs.load_checkpoint(run_dir / "checkpoint.pt")["models"]
 
 
 def _uri(tmp_path):
@@ -27,52 +29,52 @@ def _uri(tmp_path):
 
 def test_resume_is_exact(tmp_path):
     """N steps straight == N/2 steps, resume, N/2 steps: same weights, bit for bit."""
-    a = train(_spec(tmp_path / "a"), progress=False, tracking=False)
+    a = train(_spec(tmp_path / "a"), progress=False, tracker=Tracker(enabled=False))
     half = _spec(tmp_path / "b")
-    train(half, progress=False, tracking=False, stop_at=2)
-    assert ckpt_io.load(run_dir_for(half) / "checkpoint.pt")["step"] == 2
-    b = train(half, progress=False, tracking=False, resume=True)
+    train(half, progress=False, tracker=Tracker(enabled=False), stop_at=2)
+    assert runs.load_checkpoint(run_folder(half) / "checkpoint.pt")["step"] == 2
+    b = train(half, progress=False, tracker=Tracker(enabled=False), resume=True)
     assert b.steps == 4
     wa, wb = _weights(a.run_dir), _weights(b.run_dir)
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     # and the run actually changed the weights
-    c = train(_spec(tmp_path / "c", **{"train.steps": 2}), progress=False, tracking=False)
+    c = train(_spec(tmp_path / "c", **{"train.steps": 2}), progress=False, tracker=Tracker(enabled=False))
     assert any(not torch.equal(wa[k], _weights(c.run_dir)[k]) for k in wa)
 
 
 def test_same_seed_same_result_other_seed_differs(tmp_path):
-    a = train(_spec(tmp_path / "a"), progress=False, tracking=False)
-    b = train(_spec(tmp_path / "b"), progress=False, tracking=False)
-    c = train(_spec(tmp_path / "c", **{"train.seed": 7}), progress=False, tracking=False)
+    a = train(_spec(tmp_path / "a"), progress=False, tracker=Tracker(enabled=False))
+    b = train(_spec(tmp_path / "b"), progress=False, tracker=Tracker(enabled=False))
+    c = train(_spec(tmp_path / "c", **{"train.seed": 7}), progress=False, tracker=Tracker(enabled=False))
     assert a.last_losses == b.last_losses
     assert a.last_losses != c.last_losses
 
 
 def test_existing_run_needs_resume_or_restart(tmp_path):
     spec = _spec(tmp_path)
-    train(spec, progress=False, tracking=False, stop_at=2)
+    train(spec, progress=False, tracker=Tracker(enabled=False), stop_at=2)
     with pytest.raises(RunExistsError, match="--resume"):
-        train(spec, progress=False, tracking=False)
-    res = train(spec, progress=False, tracking=False, restart=True)
+        train(spec, progress=False, tracker=Tracker(enabled=False))
+    res = train(spec, progress=False, tracker=Tracker(enabled=False), restart=True)
     assert res.steps == 4
 
 
 def test_checkpoint_from_other_spec_refused(tmp_path):
     spec = _spec(tmp_path)
-    train(spec, progress=False, tracking=False, stop_at=2)
-    saved = ckpt_io.load(run_dir_for(spec) / "checkpoint.pt")
+    train(spec, progress=False, tracker=Tracker(enabled=False), stop_at=2)
+    saved = runs.load_checkpoint(run_folder(spec) / "checkpoint.pt")
     other = _spec(tmp_path, **{"model.nf": 8})
-    with pytest.raises(ckpt_io.CheckpointMismatchError, match=r"model\.nf: checkpoint 4, now 8"):
-        ckpt_io.check_same_spec(saved, other, "x")
+    with pytest.raises(runs.CheckpointMismatchError, match=r"model\.nf: checkpoint 4, now 8"):
+        runs.check_same_experiment(saved, run_hash(other), run_identity(other), "x")
 
 
 def test_checkpoint_is_weights_only_loadable(tmp_path):
     spec = _spec(tmp_path)
-    res = train(spec, progress=False, tracking=False)
+    res = train(spec, progress=False, tracker=Tracker(enabled=False))
     ckpt = torch.load(res.run_dir / "checkpoint.pt", weights_only=True)
-    assert ckpt["step"] == 4 and ckpt["spec_hash"] == spec.hash()
+    assert ckpt["step"] == 4 and ckpt["spec_hash"] == run_hash(spec)
     assert not list(res.run_dir.glob(".*tmp"))  # atomic writes leave no temporaries
 
 
@@ -91,25 +93,25 @@ def test_nan_stops_run_keeps_checkpoint_and_marks_failed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(OneWayHead, "g_loss", poisoned)
     with pytest.raises(NonFiniteLossError) as e:
-        train(spec, progress=False, tracking_uri=_uri(tmp_path))
+        train(spec, progress=False, tracker=Tracker.for_spec(spec, uri=_uri(tmp_path)))
     assert e.value.step == 2 and e.value.name == "loss_g"
     assert "last good checkpoint (step 2)" in str(e.value)
-    assert ckpt_io.load(run_dir_for(spec) / "checkpoint.pt")["step"] == 2
+    assert runs.load_checkpoint(run_folder(spec) / "checkpoint.pt")["step"] == 2
     mlflow.set_tracking_uri(_uri(tmp_path))
-    runs = mlflow.search_runs(experiment_names=[spec.tracking.experiment])
-    assert list(runs["status"]) == ["FAILED"]
-    assert "non-finite loss at step 2: loss_g" in runs["tags.error"].iloc[0]
-    assert "metrics.loss_d" in runs and runs["metrics.loss_d"].notna().all()  # logged losses kept
+    found = mlflow.search_runs(experiment_names=[spec.tracking.experiment])
+    assert list(found["status"]) == ["FAILED"]
+    assert "non-finite loss at step 2: loss_g" in found["tags.error"].iloc[0]
+    assert "metrics.loss_d" in found and found["metrics.loss_d"].notna().all()  # logged losses kept
 
 
 def test_mlflow_run_layout(tmp_path):
     spec = _spec(tmp_path, variant="no_magp")
-    res = train(spec, progress=False, tracking_uri=_uri(tmp_path))
+    res = train(spec, progress=False, tracker=Tracker.for_spec(spec, uri=_uri(tmp_path)))
     client = mlflow.tracking.MlflowClient(_uri(tmp_path))
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED"
     t, p = run.data.tags, run.data.params
-    assert t["variant"] == "no_magp" and t["spec_hash"] == spec.hash() and t["regulariser"] == "none"
+    assert t["variant"] == "no_magp" and t["spec_hash"] == run_hash(spec) and t["regulariser"] == "none"
     assert int(t["nop_trainable"]) > 0 and "git_commit" in t
     assert p["model.regulariser.name"] == "none" and p["train.steps"] == "4"
     hist = client.get_metric_history(res.run_id, "loss_d")
@@ -117,6 +119,6 @@ def test_mlflow_run_layout(tmp_path):
     arts = {a.path for a in client.list_artifacts(res.run_id)}
     assert {"spec.yaml", "samples", "checkpoint"} <= arts
     # the checkpoint says where its run was logged, so `dfgan eval` finds it from any out_dir (studies)
-    assert ckpt_io.load(res.run_dir / "checkpoint.pt")["mlflow_tracking_uri"] == _uri(tmp_path)
+    assert runs.load_checkpoint(res.run_dir / "checkpoint.pt")["mlflow_tracking_uri"] == _uri(tmp_path)
     samples = [a.path for a in client.list_artifacts(res.run_id, "samples")]
     assert any(s.endswith(".png") for s in samples)

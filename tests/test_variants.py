@@ -12,8 +12,8 @@ from contextlib import redirect_stdout
 import pytest
 import torch
 
-from dfgan.model import build_gan, build_regulariser
-from dfgan.spec import REPO_ROOT, SpecError, flatten, load_spec, variant_names
+from dfgan.experiment import build_gan, build_regulariser, resolve_spec
+from dfgan.spec import REPO_ROOT, SpecError, flatten, variant_names
 from dfgan.train.step import Stepper
 
 TABLE2_ROWS = ["baseline", "baseline_onestage", "baseline_onestage_magp", "baseline_onestage_magp_oneway", "full"]
@@ -33,12 +33,12 @@ def test_every_named_variant_exists_with_a_description():
     names = set(variant_names())
     assert EXPECTED <= names, f"missing variants: {sorted(EXPECTED - names)}"
     for name in names:
-        spec = load_spec(name)
+        spec = resolve_spec(name)
         assert spec.name == name and len(spec.description.split()) >= 3, name
 
 
 def _model_diff(a: str, b: str) -> set[str]:
-    fa, fb = (flatten(load_spec(v).experiment_dict()) for v in (a, b))
+    fa, fb = (flatten(resolve_spec(v).experiment_dict()) for v in (a, b))
     return {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
 
 
@@ -46,7 +46,7 @@ def test_table2_rows_add_one_component_each_in_the_papers_order():
     for prev, row, adds in zip(TABLE2_ROWS[:-1], TABLE2_ROWS[1:], TABLE2_ADDS, strict=True):
         diff = _model_diff(prev, row)
         assert diff and all(k.startswith(adds) for k in diff), (prev, row, diff)
-    base = load_spec("baseline").model
+    base = resolve_spec("baseline").model
     assert (base.backbone, base.head, base.regulariser.name, base.fusion.name, base.fusion.fallback) == \
         ("stacked", "two_way", "none", "cross_attention", "concat")
     assert max(base.fusion.attention_resolutions) == 128  # attention up to AttnGAN's largest map, concat above
@@ -68,7 +68,7 @@ def test_variant_trains_and_every_parameter_gets_a_gradient(name):
     start at the identity (weight 0), so their first layers get none. The first optimiser step moves those
     gates off zero; from then on a parameter with a zero gradient does not learn.
     """
-    spec = load_spec(name, overrides=TINY)
+    spec = resolve_spec(name, overrides=TINY)
     torch.manual_seed(0)
     gan = build_gan(spec, cond_dim=COND, word_dim=COND)
     opt_g = torch.optim.Adam(gan.generator.parameters(), 1e-4, betas=(0.0, 0.9))
@@ -104,7 +104,7 @@ def test_dfgan_params_json_works_and_counts_the_built_networks(name):
     rc, out = _cli("params", "--variant", name, "--nf", "4", "--json")
     assert rc == 0, out
     rep = json.loads(out)
-    spec = load_spec(name, overrides=["model.nf=4"])
+    spec = resolve_spec(name, overrides=["model.nf=4"])
     dim = spec.model.text_encoder.embedding_dim
     gan = build_gan(spec, cond_dim=dim, word_dim=dim)  # a real build, parameters counted directly
     assert rep["totals"]["trainable"]["count"] == sum(p.numel() for p in gan.parameters())
@@ -157,11 +157,11 @@ def test_nop_table_at_256px_reproduces_dfgan_and_measures_the_efficiency_claims(
 ])
 def test_incompatible_choice_fails_validation_naming_the_field(variant, overrides, field):
     with pytest.raises(SpecError) as e:
-        load_spec(variant, overrides=overrides)
+        resolve_spec(variant, overrides=overrides)
     assert field in str(e.value), str(e.value)
 
 
 def test_compatible_extremes_validate():
     for over in (["data.imsize=512"], ["data.imsize=32"]):
         for v in ("baseline", "stacked", "full", "minilm_text"):
-            assert load_spec(v, overrides=over).data.imsize == int(over[0].split("=")[1])
+            assert resolve_spec(v, overrides=over).data.imsize == int(over[0].split("=")[1])

@@ -16,7 +16,9 @@ import mlflow
 import optuna
 import pytest
 
-from dfgan.studies import adhoc_definition, open_storage, plan_study
+from dfgan.studies.definition import adhoc_definition
+from dfgan.studies.runner import plan_study
+from dfgan.studies.storage import open_storage
 
 pytestmark = pytest.mark.slow
 

@@ -1,3 +1,2 @@
-"""Datasets; importing this package registers them all."""
-
-from dfgan.data import builtin, coco_json, dfgan_layout, folder  # noqa: F401  (dfgan_layout: birds, coco)
+"""Datasets: the built-in generated data and the loaders of real data layouts, each registering itself in
+``dfgan.registry.DATASETS`` (``dfgan.experiment`` imports them all)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfgan.data import coco_json, dfgan_layout, folder
 from dfgan.data.errors import (
     KINDS,
     DataError,
@@ -25,13 +26,12 @@ from dfgan.data.errors import (
 )
 from dfgan.data.file_dataset import SPLITS, Scan
 from dfgan.data.images import bird_crop_box, load_size, read_rgb
+from dfgan.nn.text_encoders import TextEncoderFileError, damsm_sizes, read_damsm_state
 
 FIRST_PATHS = 3  # paths listed per problem kind in the report
 
 
 def _scanners() -> dict[str, Callable[..., Scan]]:
-    from dfgan.data import coco_json, dfgan_layout, folder
-
     return {
         "birds": lambda root, **kw: dfgan_layout.scan("birds", root, **kw),
         "coco": lambda root, **kw: dfgan_layout.scan("coco", root, **kw),
@@ -40,32 +40,16 @@ def _scanners() -> dict[str, Callable[..., Scan]]:
     }
 
 
-def checkable_datasets() -> list[str]:
-    return sorted(_scanners())
-
-
 # ---- text encoder vocabulary ------------------------------------------------------------------------------------
 def text_encoder_vocab_size(path) -> int:
     """Rows of the word embedding (``encoder.weight``) of a DAMSM text-encoder checkpoint (official or ours)."""
-    import torch
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingDataError(f"text encoder checkpoint not found: {path}", str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataFormatError(f"cannot read text encoder checkpoint {path}: {type(e).__name__}: {e}",
-                              str(path)) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    weight = None
-    if isinstance(state, dict):
-        weight = state.get("encoder.weight", state.get("module.encoder.weight"))
-    if weight is None or getattr(weight, "ndim", 0) != 2:
-        raise DataFormatError(f"{path} is not a DAMSM text encoder state dict (no 2-d 'encoder.weight')",
-                              str(path))
-    return int(weight.shape[0])
+        state = read_damsm_state(path)
+    except FileNotFoundError as e:
+        raise MissingDataError(str(e), str(path)) from None
+    except TextEncoderFileError as e:
+        raise DataFormatError(str(e), str(path)) from None
+    return damsm_sizes(state)[0]
 
 
 def check_text_encoder_vocab(path, vocab) -> int:

@@ -33,7 +33,6 @@ from dfgan.data.file_dataset import (
     FileCaptionDataset,
     Scan,
     SplitIndex,
-    atomic_write_bytes,
     canonical_split,
     check_images_exist,
     content_hash_of,
@@ -47,6 +46,7 @@ from dfgan.data.file_dataset import (
 )
 from dfgan.data.vocab import Vocab, tokenize
 from dfgan.registry import DATASETS
+from dfgan.runs import atomic_write_bytes
 
 CAPTIONS_PER_IMAGE = 5  # COCO has five captions per image (some have six or seven: the first five are kept)
 YEARS = ("2014", "2017")  # searched in this order

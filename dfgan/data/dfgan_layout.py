@@ -37,7 +37,6 @@ from dfgan.data.file_dataset import (
     FileCaptionDataset,
     Scan,
     SplitIndex,
-    atomic_write_bytes,
     canonical_split,
     check_images_exist,
     content_hash_of,
@@ -52,6 +51,7 @@ from dfgan.data.file_dataset import (
 )
 from dfgan.data.vocab import Vocab
 from dfgan.registry import DATASETS
+from dfgan.runs import atomic_write_bytes
 
 CAPTIONS_PER_IMAGE = {"birds": 10, "coco": 5}  # CUB has 10 captions per image, COCO 5 (reference Sec. 5)
 CAPTIONS_PICKLE = "captions_DAMSM.pickle"

@@ -28,14 +28,15 @@ import torch
 from dfgan.data.base import CaptionDataset
 from dfgan.data.errors import (
     DataError,
+    DataFormatError,
     EmptyCaptionsError,
     ImageConversionWarning,
     MissingDataError,
     Problems,
 )
-from dfgan.data.images import read_rgb, transform
+from dfgan.data.images import bird_crop_box, read_rgb, transform
 from dfgan.data.vocab import Vocab, pad_caption, tokenize
-from dfgan.paths import cache_dir
+from dfgan.runs import cache_dir
 
 SPLITS = ("train", "test")
 SPLIT_ALIASES = {"train": "train", "test": "test", "val": "test"}  # the official 'val' split reads the test files
@@ -76,8 +77,6 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def load_plain_pickle(path: Path):
     """Load a pickle of plain containers (Python 2 pickles too); raises ``DataFormatError`` naming the path."""
-    from dfgan.data.errors import DataFormatError
-
     try:
         with open(path, "rb") as f:
             return _PlainUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
@@ -85,17 +84,6 @@ def load_plain_pickle(path: Path):
         raise MissingDataError(f"file not found: {path}", str(path)) from None
     except Exception as e:
         raise DataFormatError(f"cannot read pickle {path}: {type(e).__name__}: {e}", str(path)) from None
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def derived_cache(kind: str, key: str, suffix: str = ".pickle") -> Path:
@@ -257,8 +245,6 @@ class FileCaptionDataset(CaptionDataset):
 
     def read_image(self, i: int):
         """Image i as an RGB PIL image before the transform (birds: already cropped to its box)."""
-        from dfgan.data.images import bird_crop_box
-
         img, converted = read_rgb(self._index.images[i], exif_transpose=self._exif)
         if converted is not None:
             self.conversions[converted] += 1

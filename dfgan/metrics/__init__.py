@@ -3,12 +3,12 @@
 Modules: ``registry`` (metric names and what each computes), ``evaluate`` (the generation and feature passes,
 ``metrics.jsonl`` and MLflow), ``fid`` (FID/KID/IS maths and clean-fid's Inception from local files),
 ``features`` (extractors and cached reference statistics), ``attributes`` (built-in attribute accuracy and
-``fd_attr``), ``consistency`` (DAMSM R-precision), ``proxy`` (``fd_effnet_lite0``), ``nop`` (parameter counts).
+``fd_attr``), ``consistency`` (DAMSM R-precision), ``proxy`` (``fd_effnet_lite0``), ``nop`` (parameter
+counts), ``names`` (which logged metrics measure quality and which way is better).
 """
 
 _LAZY = {
     "evaluate_during_training": "dfgan.metrics.evaluate",
-    "evaluate_run": "dfgan.metrics.evaluate",
     "EvalOptions": "dfgan.metrics.evaluate",
     "METRICS": "dfgan.metrics.registry",
     "metric": "dfgan.metrics.registry",

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfgan.data.builtin_render import ATTRIBUTES
 from dfgan.metrics.features import Extractor, extract, real_batches
-from dfgan.paths import cache_dir
-from dfgan.train.checkpoint import atomic_torch_save
+from dfgan.runs import atomic_torch_save, cache_dir
 
 CLASSIFIER_VERSION = 2  # bump when the recipe below changes: cached classifiers are retrained
 INPUT_SIZE = 32  # classifier resolution (images are area-downsampled to it)
@@ -47,8 +47,6 @@ TRAIN_THREADS = 1  # one CPU thread: the same weights on any machine, and faster
 
 
 def _attributes() -> dict[str, list[str]]:
-    from dfgan.data.builtin import ATTRIBUTES
-
     return ATTRIBUTES
 
 

@@ -28,8 +28,12 @@ import torch
 
 from dfgan.data.vocab import pad_caption
 from dfgan.metrics.features import Extractor
-from dfgan.paths import cache_dir
-from dfgan.train.checkpoint import atomic_torch_save
+from dfgan.nn.text_encoders import DAMSMTextEncoder
+from dfgan.runs import atomic_torch_save, cache_dir
+from dfgan.spec import TextEncoderSpec
+from dfgan.text.encoders import cache_key
+from dfgan.text.image_encoders import IMAGE_ENCODERS
+from dfgan.text.pretrain import pretrain_text_encoder
 
 R_CANDIDATES = 100  # AttnGAN/DM-GAN: the true caption among 99 mismatched ones
 R_SEED = 0
@@ -72,8 +76,6 @@ def _state_hash(module: torch.nn.Module) -> str:
 
 def evaluator_spec(spec):
     """The DAMSM pretraining fields the evaluator uses: the run's own when it uses DAMSM, else the defaults."""
-    from dfgan.spec import TextEncoderSpec
-
     te = spec.model.text_encoder
     if te.name == "damsm":
         return te.model_copy(update={"checkpoint": None})
@@ -82,9 +84,6 @@ def evaluator_spec(spec):
 
 def damsm_pair(spec, train_dataset, *, device="cpu", progress: bool = False):
     """(text_encoder, image_encoder, info) trained on ``train_dataset`` with the evaluator recipe, cached."""
-    from dfgan.nn.text_encoders import DAMSMTextEncoder
-    from dfgan.train.pretrain_text import IMAGE_ENCODERS, cache_key, pretrain_text_encoder
-
     te = evaluator_spec(spec)
     key = cache_key(te, train_dataset)
     path = cache_dir() / "damsm_eval" / f"damsm-pair-{key}.pt"

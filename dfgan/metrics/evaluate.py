@@ -30,11 +30,22 @@ import numpy as np
 import torch
 
 from dfgan.data.vocab import pad_caption
+from dfgan.images import last_stage, to_uint8
 from dfgan.metrics import fid as fidlib
-from dfgan.metrics.features import Extractor, reference_features
+from dfgan.metrics.attributes import (
+    AttributeExtractor,
+    attribute_accuracy,
+    chance_level,
+    load_classifier,
+    mention_array,
+)
+from dfgan.metrics.consistency import R_CANDIDATES, DAMSMImageExtractor, damsm_pair, r_precision, same_text_encoder
+from dfgan.metrics.features import Extractor, inception_extractor, reference_features
+from dfgan.metrics.proxy import EffNetLite0Extractor
 from dfgan.metrics.registry import MetricDef
 from dfgan.metrics.registry import metrics as metric_defs
-from dfgan.sampling import last_stage, to_uint8, truncated_noise
+from dfgan.noise import truncated_noise
+from dfgan.registry import DATASETS
 
 EVAL_SEED = 0  # noise of the generated images and R-precision candidates
 JSONL = "metrics.jsonl"
@@ -140,24 +151,16 @@ def generate_images(generator, conditioner, dataset, n: int, batch_size: int, *,
 def _build_extractor(key: str, ctx: dict[str, Any]) -> Extractor:
     device, options = ctx["device"], ctx["options"]
     if key.startswith("inception:"):
-        from dfgan.metrics.features import inception_extractor
-
         mode = key.split(":", 1)[1]
         path = options.inception if mode == "clean" else options.inception_legacy
         return inception_extractor(mode, device, path)
     if key == "attr":
-        from dfgan.metrics.attributes import AttributeExtractor, load_classifier
-
         model, info = load_classifier(ctx["train"](), ctx["test"], device=device, progress=options.progress)
         return AttributeExtractor(model, info, device)
     if key == "damsm":
-        from dfgan.metrics.consistency import DAMSMImageExtractor, damsm_pair
-
         text, image, info = damsm_pair(ctx["spec"], ctx["train"](), device=device, progress=options.progress)
         return DAMSMImageExtractor(text, image, info, device)
     if key == "effnet_lite0":
-        from dfgan.metrics.proxy import EffNetLite0Extractor
-
         return EffNetLite0Extractor(device)
     raise ValueError(f"unknown feature extractor {key!r}")
 
@@ -202,8 +205,6 @@ def _compute(defn: MetricDef, out: dict[str, np.ndarray], img_idx: np.ndarray, c
         return mean, {"std": std}, {"splits": fidlib.IS_SPLITS, "comparable_to_paper": False,
                                     "note": fidlib.IS_NOTE}
     if defn.kind == "rprec":
-        from dfgan.metrics.consistency import R_CANDIDATES, r_precision, same_text_encoder
-
         pool = ext.sentence_pool(test)
         k = test.captions_per_image
         seed = ctx["options"].seed
@@ -213,8 +214,6 @@ def _compute(defn: MetricDef, out: dict[str, np.ndarray], img_idx: np.ndarray, c
         return value, {}, {"candidates": R_CANDIDATES, "candidate_seed": seed, "chance": 1 / R_CANDIDATES,
                            "evaluator_is_conditioning_text_encoder": same}
     if defn.kind == "attr_acc":
-        from dfgan.metrics.attributes import attribute_accuracy, chance_level, mention_array
-
         truth = test.attribute_array()
         stated = {a: v[img_idx] for a, v in truth.items()}
         mentioned = mention_array(test, img_idx, cap_idx)
@@ -238,18 +237,17 @@ def _json_safe(x):
     return x
 
 
-def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_dir=None, sink=None,
+def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_hash: str, run_dir=None, sink=None,
              options: EvalOptions | None = None, train_dataset=None, source: str = "eval",
              skip_unavailable: bool = False, extractor_cache: dict | None = None) -> list[dict]:
     """Compute ``metric_names`` for the generator of ``gan`` and record them; returns the records.
+    The spec's datasets are built from ``dfgan.registry.DATASETS`` (complete once ``dfgan.experiment``, through
+    which every caller assembles its experiment, is imported); ``run_hash`` identifies the run in each record.
 
     ``train_dataset`` (built from the spec when missing) trains the attribute classifier and the DAMSM
     evaluator; test captions and reference images come from each metric's split. With ``skip_unavailable``, a
     metric whose feature extractor cannot be built (e.g. missing Inception weights) is skipped with a warning.
     ``extractor_cache`` (a dict kept by the caller) reuses networks between evaluations of one run."""
-    import dfgan.components  # noqa: F401
-    from dfgan.registry import DATASETS
-
     options = options or EvalOptions()
     defs = metric_defs(metric_names)
     if not defs:
@@ -330,7 +328,7 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_dir
                 "pass_seconds": round(pass_seconds, 3), "setup_seconds": round(setup_seconds, 3),
                 "device": str(device), "torch": torch.__version__,
                 "time": datetime.now(UTC).isoformat(timespec="seconds"), "source": source,
-                "spec_hash": spec.hash(), "variant": spec.name,
+                "spec_hash": run_hash, "variant": spec.name,
             }
             rec = _json_safe(rec)
             records.append(rec)
@@ -348,102 +346,29 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_dir
     return records
 
 
-def evaluate_during_training(spec, gan, conditioner, dataset, device, tracker, step, run_dir) -> list[dict]:
+def evaluate_during_training(spec, run_hash: str, gan, conditioner, dataset, device, tracker, step,
+                             run_dir) -> list[dict]:
     """What the training loop calls every ``spec.eval.interval`` steps and at the end: ``spec.eval.metrics``
     on ``spec.eval.n_images`` images, logged to the run's MLflow run and ``metrics.jsonl``. Metrics whose
     weights are missing on this machine are skipped with a warning instead of stopping the training."""
-    cache = _TRAINING_EXTRACTORS.setdefault((spec.hash(), str(device)), {})
-    if len(_TRAINING_EXTRACTORS) > 1:  # keep only the networks of the run being trained
-        for key in [k for k in _TRAINING_EXTRACTORS if k != (spec.hash(), str(device))]:
-            del _TRAINING_EXTRACTORS[key]
-    return evaluate(spec, gan, conditioner, device, spec.eval.metrics, step=step, run_dir=run_dir,
-                    sink=TrackerSink(tracker) if tracker is not None else None, train_dataset=dataset,
-                    source="train", skip_unavailable=True, extractor_cache=cache)
+    key = (run_hash, str(device))
+    cache = _TRAINING_EXTRACTORS.setdefault(key, {})
+    for other in [k for k in _TRAINING_EXTRACTORS if k != key]:  # keep only the networks of the run being trained
+        del _TRAINING_EXTRACTORS[other]
+    return evaluate(spec, gan, conditioner, device, spec.eval.metrics, step=step, run_hash=run_hash,
+                    run_dir=run_dir, sink=TrackerSink(tracker) if tracker is not None else None,
+                    train_dataset=dataset, source="train", skip_unavailable=True, extractor_cache=cache)
 
 
 _TRAINING_EXTRACTORS: dict[tuple[str, str], dict] = {}
 
 
-# ---- a finished run ----------------------------------------------------------------------------------------------
-
-
-def load_run(path) -> dict[str, Any]:
-    """Spec, weights, step, MLflow run id and folder of a run folder or a checkpoint/final-weights file."""
-    from dfgan.spec import from_dict
-    from dfgan.train import checkpoint as ckpt_io
-    from dfgan.train.loop import CHECKPOINT, FINAL_WEIGHTS
-
-    path = Path(path).expanduser()
-    if path.is_dir():
-        run_dir = path
-        files = [p for p in (path / CHECKPOINT, path / FINAL_WEIGHTS) if p.is_file()]
-        if not files:
-            raise FileNotFoundError(f"{path} holds neither {CHECKPOINT} nor {FINAL_WEIGHTS}: not a dfgan run folder")
-        weights_file = files[0]
-    elif path.is_file():
-        run_dir, weights_file = path.parent, path
-    else:
-        raise FileNotFoundError(f"run folder or checkpoint not found: {path}")
-    saved = torch.load(weights_file, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or "models" not in saved or "spec" not in saved:
-        raise ValueError(f"{weights_file} is not a dfgan checkpoint or final-weights file (needs 'spec' and 'models')")
-    run_id, uri = saved.get("mlflow_run_id"), saved.get("mlflow_tracking_uri")
-    if (run_id is None or uri is None) and (run_dir / CHECKPOINT).is_file() and weights_file.name != CHECKPOINT:
-        ckpt = ckpt_io.load(run_dir / CHECKPOINT)
-        run_id, uri = run_id or ckpt.get("mlflow_run_id"), uri or ckpt.get("mlflow_tracking_uri")
-    return {"spec": from_dict(saved["spec"]), "models": saved["models"], "step": int(saved.get("step", 0)),
-            "mlflow_run_id": run_id, "mlflow_tracking_uri": uri, "run_dir": run_dir, "file": weights_file}
-
-
-def default_tracking_uri(spec, run_dir: Path) -> str:
-    """Where the run was logged by default: the spec's URI, $MLFLOW_TRACKING_URI, else the run folder's parent
-    (``train.out_dir``) ``mlflow.db``, independent of the current folder."""
-    import os
-
-    return spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-        f"sqlite:///{Path(run_dir).resolve().parent / 'mlflow.db'}"
-
-
-def evaluate_run(path, metric_names=None, *, options: EvalOptions | None = None, device: str = "auto",
-                 tracking_uri: str | None = None, track: bool = True) -> dict[str, Any]:
-    """``dfgan eval``: rebuild the run's GAN and text conditioning, evaluate, add the values to the run's
-    ``metrics.jsonl`` and to its MLflow run (the id stored in the checkpoint)."""
-    import dfgan.components  # noqa: F401
-    from dfgan.conditioning import TextConditioner, load_text_encoder
-    from dfgan.metrics.nop import nop_report
-    from dfgan.model import build_gan
-    from dfgan.paths import cache_dir
-    from dfgan.registry import DATASETS, FUSIONS
-    from dfgan.train.loop import pick_device
-
-    run = load_run(path)
-    spec = run["spec"]
-    options = options or EvalOptions()
-    names = metric_names or spec.eval.metrics or default_metrics(spec)
-    metric_defs(names)  # unknown names fail before any work
-    dev = pick_device(device)
-    train_ds = DATASETS.build(spec.data.name, spec.data, "train")
-    encoder, _ = load_text_encoder(spec, train_ds, device=dev, cache_dir=cache_dir(), progress=options.progress)
-    cond_dim = getattr(encoder, "output_dim", spec.model.text_encoder.embedding_dim)
-    gan = build_gan(spec, cond_dim=cond_dim, word_dim=cond_dim)
-    gan.load_state_dict(run["models"])
-    gan = gan.to(dev).eval()
-    need_words = "words" in FUSIONS.entry(spec.model.fusion.name).requires
-    conditioner = TextConditioner(encoder, dev, need_words, cache=False)
-    sink, uri = None, None
-    if track and run["mlflow_run_id"]:
-        uri = tracking_uri or run.get("mlflow_tracking_uri") or default_tracking_uri(spec, run["run_dir"])
-        sink = ClientSink(uri, run["mlflow_run_id"])
-    records = evaluate(spec, gan, conditioner, dev, names, step=run["step"], run_dir=run["run_dir"], sink=sink,
-                       options=options, train_dataset=train_ds, source="dfgan eval")
-    nop = nop_report(gan, encoder)
-    return {"run_dir": str(run["run_dir"]), "step": run["step"],
-            "mlflow_run_id": run["mlflow_run_id"] if sink else None, "tracking_uri": uri, "records": records,
-            "nop": {k: v["count"] for k, v in nop["totals"].items()}}
-
-
-def default_metrics(spec) -> list[str]:
-    """Metrics ``dfgan eval`` computes when neither ``--metrics`` nor ``spec.eval.metrics`` name any."""
-    if spec.data.name == "builtin":
-        return ["attr_acc", "fd_attr", "rprec_damsm"]
-    return ["fid30k_test_clean", "kid_test_clean", "is_test", "rprec_damsm"]
+def record_values(records: list[dict]) -> dict[str, float]:
+    """Metric name -> value of evaluation records, with each numeric detail as ``<metric>.<part>`` (as MLflow
+    has them, e.g. ``attr_acc.colour``)."""
+    values: dict[str, float] = {}
+    for r in records:
+        values[r["metric"]] = float(r["value"]) if r["value"] is not None else float("nan")
+        values.update({f"{r['metric']}.{k}": float(v) for k, v in (r.get("details") or {}).items()
+                       if isinstance(v, (int, float))})
+    return values

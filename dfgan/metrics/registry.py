@@ -18,6 +18,7 @@ METRICS: Registry = Registry("metric")
 
 FULL_SCALE_FID_IMAGES = 30_000  # DF-GAN / AttnGAN: ~30k images from the test captions (reference doc Sec. 6)
 KINDS = ("fid", "kid", "is", "rprec", "attr_acc", "fd")
+HIGHER_IS_BETTER = {"fid": False, "kid": False, "fd": False, "is": True, "rprec": True, "attr_acc": True}
 _FID_NAME = re.compile(r"^fid(\d+)(k?)_(test|train)_(clean|legacy_pytorch)$")
 
 
@@ -33,6 +34,10 @@ class MetricDef:
     count: int | None = None
     builtin_only: bool = False
     summary: str = ""
+
+    @property
+    def higher_is_better(self) -> bool:
+        return HIGHER_IS_BETTER[self.kind]
 
     @property
     def mode(self) -> str | None:

@@ -1,3 +1,2 @@
-"""Network components, one module per axis; importing this package registers them all."""
-
-from dfgan.nn import discriminators, fusion, generators, heads, penalties, text_encoders  # noqa: F401
+"""Network components, one module per axis, each registering its alternatives (``dfgan.experiment`` imports
+them all)."""

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dfgan.registry import FUSIONS
+from dfgan.spec import FusionSpec
 
 LRELU_SLOPE = 0.2  # DF-GAN uses LeakyReLU(0.2) after each affine (the paper's figure draws ReLU)
 
@@ -228,8 +229,6 @@ def cross_attention(cond_dim: int, channels: int, spec=None, word_dim: int = 256
                     **_: object) -> nn.Module:
     """AttnGAN's word-region cross-modal attention at ``model.fusion.attention_resolutions`` (px), and the
     ``model.fusion.fallback`` fusion (default ``concat``) at every other resolution (AttnGAN, CVPR 2018)."""
-    from dfgan.spec import FusionSpec
-
     spec = spec or FusionSpec(name="cross_attention")
     if resolution in spec.attention_resolutions:
         return CrossAttentionFusion(word_dim, channels)

@@ -15,6 +15,7 @@ from torch import nn
 from dfgan.nn.channels import generator_pairs
 from dfgan.nn.fusion import LRELU_SLOPE, check_attention_used
 from dfgan.registry import BACKBONES, FUSIONS
+from dfgan.spec import FusionSpec
 
 
 def make_fusion(fusion_spec, cond_dim: int, channels: int, word_dim: int, resolution: int) -> nn.Module:
@@ -73,8 +74,6 @@ class OneStageGenerator(nn.Module):
     def __init__(self, nf: int = 32, z_dim: int = 100, cond_dim: int = 256, imsize: int = 256,
                  fusion_spec=None, word_dim: int = 256):
         super().__init__()
-        from dfgan.spec import FusionSpec
-
         fusion_spec = fusion_spec or FusionSpec()
         self.nf, self.z_dim, self.cond_dim, self.imsize = nf, z_dim, cond_dim, imsize
         self.stage_sizes = [imsize]
@@ -132,8 +131,6 @@ class StackedGenerator(nn.Module):
     def __init__(self, nf: int = 32, z_dim: int = 100, cond_dim: int = 256, imsize: int = 256,
                  fusion_spec=None, word_dim: int = 256):
         super().__init__()
-        from dfgan.spec import FusionSpec
-
         fusion_spec = fusion_spec or FusionSpec()
         pairs = generator_pairs(nf, imsize)
         if len(pairs) < STACKED_STAGES:

@@ -7,6 +7,11 @@ Built as ``TEXT_ENCODERS.build(name, spec=TextEncoderSpec, n_words=..., vocab=..
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -49,6 +54,45 @@ class DAMSMTextEncoder(nn.Module):
         words = output.transpose(1, 2).contiguous()
         sentence = h.transpose(0, 1).reshape(captions.size(0), -1)
         return words, sentence
+
+
+class TextEncoderFileError(ValueError):
+    """A file that is not a readable DAMSM text-encoder state dict; the message names the file."""
+
+
+def read_damsm_state(path_or_state: str | os.PathLike | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict of a DAMSM text encoder: an official ``text_encoder*.pth`` (AttnGAN ``code/model.py:
+    RNN_ENCODER``) or ours, read with ``weights_only=True``; a ``{"state_dict": ...}`` wrapper is unwrapped and
+    the ``module.`` prefix of ``DataParallel`` stripped. ``FileNotFoundError`` names a missing file,
+    ``TextEncoderFileError`` one that cannot be read or lacks a 2-d ``encoder.weight`` / ``rnn.weight_hh_l0``."""
+    if isinstance(path_or_state, Mapping):
+        state, where = path_or_state, "state dict"
+    else:
+        path = Path(path_or_state).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"text encoder checkpoint not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a pickle with non-tensor objects, a truncated file, ...
+            raise TextEncoderFileError(f"cannot read text encoder checkpoint {path} as a weights-only torch file: "
+                                       f"{type(e).__name__}: {e}") from None
+        where = str(path)
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise TextEncoderFileError(f"{where}: expected a state dict, found {type(state).__name__}")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    for key in ("encoder.weight", "rnn.weight_hh_l0"):
+        if getattr(state.get(key), "ndim", 0) != 2:
+            raise TextEncoderFileError(f"{where} is not a DAMSM text encoder state dict (no 2-d '{key}'; "
+                                       f"keys: {', '.join(list(state)[:8])})")
+    return state
+
+
+def damsm_sizes(state: Mapping[str, torch.Tensor]) -> tuple[int, int, int]:
+    """(n_words, ninput, nhidden) of a DAMSM state dict (``read_damsm_state``)."""
+    n_words, ninput = state["encoder.weight"].shape
+    return int(n_words), int(ninput), 2 * int(state["rnn.weight_hh_l0"].shape[1])
 
 
 @TEXT_ENCODERS.register("damsm", provides={"words"})

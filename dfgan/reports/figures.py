@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from dfgan.reports.metric_names import arrow  # noqa: E402
+from dfgan.metrics.names import arrow  # noqa: E402
 
 DPI = 150
 BOOT_SEED = 0

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from dfgan.metrics.names import arrow, higher_is_better
 from dfgan.reports import published as pub
-from dfgan.reports.metric_names import arrow, higher_is_better
 from dfgan.reports.stats import CONFIDENCE, Diff, Effects, differences, summarise
 
 SIG_MARK = "*"  # the 95% interval of the difference excludes zero

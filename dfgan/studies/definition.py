@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dfgan.spec import (
@@ -178,7 +177,8 @@ def parse_seeds(text: str) -> int | list[int]:
 
 
 def cell_spec(cell: Cell, seed: int, study: str, common_overrides: list[str], base_out_dir: str | Path) -> Spec:
-    """The resolved spec of one cell: variant, common overrides, cell overrides, then seed and bookkeeping."""
+    """The resolved spec of one cell: variant, common overrides, cell overrides, then seed and bookkeeping
+    (schema-checked; ``dfgan.studies.runner.plan_study`` checks it against the registries)."""
     d = variant_dict(cell.variant)
     d = apply_overrides(d, [*common_overrides, *cell.overrides])
     d["name"] = cell.label
@@ -195,7 +195,7 @@ def cell_spec(cell: Cell, seed: int, study: str, common_overrides: list[str], ba
 def base_spec(variant: str, common_overrides: list[str]) -> Spec:
     """The spec before any cell-specific change: gives the seed base and the default output folder."""
     try:
-        return from_dict(apply_overrides(variant_dict(variant), common_overrides), check=False)
+        return from_dict(apply_overrides(variant_dict(variant), common_overrides))
     except SpecError as e:
         raise SpecError(f"variant '{variant}' with the study's common overrides: {e}") from None
 
@@ -205,6 +205,3 @@ def grid_hash(entries: list[tuple[str, int, str]]) -> str:
     blob = json.dumps(sorted(entries), separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
-
-def dump_yaml(data: dict[str, Any]) -> str:
-    return yaml.safe_dump(data, sort_keys=False)

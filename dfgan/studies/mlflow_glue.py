@@ -13,6 +13,7 @@ import socket
 import sys
 from typing import Any
 
+from dfgan.runtime import cpu_model
 from dfgan.tracking import git_commit, setup
 
 ROLE_INVOCATION = "invocation"
@@ -23,16 +24,7 @@ def hardware() -> dict[str, str]:
     """Host, OS, CPU model and count, torch threads and any CUDA device: the provenance of timings."""
     info = {"host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
             "cpu_count": str(os.cpu_count())}
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info["cpu"] = cpu or "unknown"
+    info["cpu"] = cpu_model() or "unknown"
     try:
         import torch
 
@@ -109,6 +101,14 @@ def cell_runs(uri: str, study: str, filter_string: str = "", max_results: int = 
         return pd.DataFrame()
     f = f"tags.role = '{ROLE_CELL}'" + (f" and {filter_string}" if filter_string else "")
     return mlflow.search_runs(experiment_names=[study], filter_string=f, max_results=max_results)
+
+
+def cell_metrics(result, uri: str) -> dict[str, float]:
+    """A trained cell's metrics: its final evaluation and last losses as training returned them; the MLflow
+    run's latest values only when the run had nothing left to train (a resumed, already finished cell)."""
+    if result.evaluation:
+        return {**result.last_losses, **result.evaluation}
+    return run_metrics(uri, result.run_id) if result.run_id else dict(result.last_losses)
 
 
 def run_metrics(uri: str, run_id: str) -> dict[str, float]:

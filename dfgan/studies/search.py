@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfgan.spec import VARIANTS_DIR, SpecError, apply_overrides, flatten, load_spec
+from dfgan.experiment import check_spec, resolve_spec, run_hash
+from dfgan.spec import VARIANTS_DIR, SpecError, apply_overrides, flatten
 from dfgan.studies.definition import Cell, base_spec, cell_spec
-from dfgan.studies.grid import TRACEBACK_LINES, echo_line, load_or_create_study
 from dfgan.studies.ledger import Heartbeat, cell_states, fail_stale_trials, set_error, worker_identity
-from dfgan.studies.mlflow_glue import InvocationRun, cell_tags, mark_runs, run_metrics
+from dfgan.studies.mlflow_glue import InvocationRun, cell_metrics, cell_tags, mark_runs
+from dfgan.studies.runner import TRACEBACK_LINES, echo_line, load_or_create_study
 from dfgan.studies.storage import default_storage_url, describe_storage, open_storage
-from dfgan.tracking import resolve_uri
+from dfgan.tracking import Tracker, resolve_uri
+from dfgan.train import loop
 
 DISTRIBUTIONS = {
     "uniform": "uniform(low, high): a float",
@@ -170,7 +172,8 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
     overrides = list(overrides)
     check_params(params, variant, overrides)
     base = base_spec(variant, overrides)
-    cell_spec(Cell(variant, variant), base.train.seed, study, overrides, base.train.out_dir)  # errors before trials
+    # every error before the first trial
+    check_spec(cell_spec(Cell(variant, variant), base.train.seed, study, overrides, base.train.out_dir))
     storage_url = storage_url or default_storage_url(base.train.out_dir)
     uri = resolve_uri(tracking_uri, base.train.out_dir)
     storage_label = describe_storage(storage_url)
@@ -209,10 +212,11 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
         ov = [*overrides, *(f"{k}={json.dumps(v)}" for k, v in values.items())]
         cell = Cell(label=f"{variant}-t{trial.number:03d}", variant=variant)
         spec = cell_spec(cell, base.train.seed, study, ov, base.train.out_dir)
-        for k, v in {"cell": cell.label, "seed": base.train.seed, "spec_hash": spec.hash(), "search_values": values,
+        check_spec(spec)
+        for k, v in {"cell": cell.label, "seed": base.train.seed, "spec_hash": run_hash(spec), "search_values": values,
                      "worker": worker_identity(), "outcome": "running"}.items():
             trial.set_user_attr(k, v)
-        st = cell_states(ostudy).get(spec.hash())
+        st = cell_states(ostudy).get(run_hash(spec))
         done = [t for t in (st.done if st else []) if t.number != trial.number]
         if done:  # TPE proposed a spec that was already trained (e.g. the same choice values)
             trial.set_user_attr("outcome", "reused")
@@ -230,16 +234,15 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
         say("start", f"trial #{trial.number}  " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                             for k, v in values.items()))
         t0 = time.time()
-        from dfgan.train import loop
-
         tags = cell_tags(study=study, cell=cell, seed=base.train.seed, trial_number=trial.number, grid=None,
                          overrides=overrides, kind="search", storage=storage_label)
         tags.update({f"search.{k}": v for k, v in values.items()})
         try:
             with Heartbeat(ostudy, trial):
-                res = loop.train(spec, resume=True, progress=progress, tracking=True, tracking_uri=uri,
-                                 parent_run_id=out.parent_run_id, extra_tags=tags, on_eval=on_eval)
-            metrics = run_metrics(uri, res.run_id) if res.run_id else dict(res.last_losses)
+                tracker = Tracker.for_spec(spec, enabled=True, uri=uri, parent_run_id=out.parent_run_id,
+                                           extra_tags=tags)
+                res = loop.train(spec, resume=True, progress=progress, tracker=tracker, on_eval=on_eval)
+            metrics = cell_metrics(res, uri)
             if metric not in metrics:
                 raise SpecError(f"--metric '{metric}' was not logged by the run; logged: {sorted(metrics)}")
         except optuna.TrialPruned as e:
@@ -311,5 +314,5 @@ def export_best(study: str, variant: str, best, metric: str, direction: str, ove
             **nested(values)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False))
-    load_spec(spec_file=path)  # the exported file must validate like any variant
+    resolve_spec(spec_file=path)  # the exported file must validate like any variant
     return path

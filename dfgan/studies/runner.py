@@ -23,9 +23,9 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from dfgan.reports.metric_names import choose_metric
+from dfgan.experiment import check_spec, run_hash
+from dfgan.metrics.names import choose_metric
 from dfgan.spec import Spec, SpecError
 from dfgan.studies.definition import (
     Cell,
@@ -43,9 +43,10 @@ from dfgan.studies.ledger import (
     set_error,
     worker_identity,
 )
-from dfgan.studies.mlflow_glue import InvocationRun, cell_tags, mark_runs, run_metrics
+from dfgan.studies.mlflow_glue import InvocationRun, cell_metrics, cell_tags, mark_runs
 from dfgan.studies.storage import default_storage_url, describe_storage, open_storage
-from dfgan.tracking import resolve_uri
+from dfgan.tracking import Tracker, resolve_uri
+from dfgan.train import loop
 
 KIND_ATTR = "dfgan_kind"  # Optuna study user attr: 'grid' (dfgan ablate) or 'search' (dfgan search)
 TRACEBACK_LINES = 12  # traceback tail kept with a failed cell's error
@@ -59,7 +60,7 @@ class PlannedCell:
 
     @property
     def hash(self) -> str:
-        return self.spec.hash()
+        return run_hash(self.spec)
 
     @property
     def key(self) -> str:
@@ -115,6 +116,11 @@ def plan_study(definition: StudyDefinition, *, name: str | None = None, seeds: i
     seed_list = resolve_seeds(seeds if seeds is not None else definition.seeds, base.train.seed)
     entries = [PlannedCell(c, s, cell_spec(c, s, name, common, base.train.out_dir))
                for s in seed_list for c in cells]
+    for e in entries:  # every cell checked against the registries before any cell runs
+        try:
+            check_spec(e.spec)
+        except SpecError as err:
+            raise SpecError(f"study '{name}', cell '{e.cell.label}' (seed {e.seed}): {err}") from None
     warnings = []
     seen: dict[str, str] = {}
     for e in entries:
@@ -322,15 +328,14 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
                          f"spec {e.hash}")
             t_cell = time.time()
             try:
-                from dfgan.train import loop
-
                 tags = cell_tags(study=plan.name, cell=e.cell, seed=e.seed, trial_number=trial.number,
                                  grid=plan.grid, overrides=plan.overrides, kind=plan.definition.kind,
                                  storage=storage_label)
                 with Heartbeat(study, trial):
-                    res = loop.train(e.spec, resume=True, progress=progress, tracking=True, tracking_uri=uri,
-                                     parent_run_id=parent_id, extra_tags=tags)
-                metrics = run_metrics(uri, res.run_id) if res.run_id else dict(res.last_losses)
+                    tracker = Tracker.for_spec(e.spec, enabled=True, uri=uri, parent_run_id=parent_id,
+                                               extra_tags=tags)
+                    res = loop.train(e.spec, resume=True, progress=progress, tracker=tracker)
+                metrics = cell_metrics(res, uri)
                 value, value_name = _objective_value(metrics, plan.definition.metric)
                 for k, v in {"mlflow_run_id": res.run_id, "seconds": round(time.time() - t_cell, 2),
                              "value_metric": value_name, "outcome": "trained"}.items():
@@ -370,7 +375,3 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
                    f"remaining {len(out.remaining)} of {len(plan.entries)} cells; {out.seconds:.0f}s; "
                    f"storage {storage_label}; MLflow {uri}")
     return out
-
-
-def cell_folder(plan: StudyPlan, entry: PlannedCell) -> Path:
-    return Path(entry.spec.train.out_dir) / f"{entry.spec.name}-{entry.hash}"

@@ -1,4 +1,6 @@
-"""``dfgan eval``: metrics of a finished run (or a checkpoint), added to its metrics.jsonl and MLflow run."""
+"""Commands on a trained run: ``dfgan eval`` (metrics added to its metrics.jsonl and MLflow run) and
+``dfgan sample --run runs/full-<hash> --captions my_captions.txt`` (images for new captions; unknown words are
+reported with their line numbers)."""
 
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def _eval(args) -> int:
         return _list()
     if not args.run:
         raise ValueError("dfgan eval needs --run RUN_DIR (or a checkpoint file); --list shows the metrics")
-    from dfgan.metrics.evaluate import EvalOptions, evaluate_run
+    from dfgan.metrics.evaluate import EvalOptions
+    from dfgan.trained import evaluate_run
 
     opts = EvalOptions(n=args.n, batch_size=args.batch_size, inception=args.inception,
                        inception_legacy=args.inception_legacy, ref_stats=args.ref_stats, seed=args.seed,
@@ -66,4 +69,27 @@ def _eval(args) -> int:
         print(f"  {r['metric']:24s} {r['value']:>10.4f}  n={r['n_images']}" + (f"  ({extra})" if extra else ""))
     print("NoP: " + ", ".join(f"{k} {v:,}" for k, v in res["nop"].items()))
     print(f"protocols: {res['run_dir']}/metrics.jsonl")
+    return 0
+
+
+# ---- sample -------------------------------------------------------------------------------------------------------
+@command("sample", "draw images for your own captions from a trained run (unknown words are reported)")
+def _sample_args(p):
+    p.add_argument("--run", required=True, metavar="PATH", help="a run folder (runs/<name>-<hash>) or its "
+                   "checkpoint.pt / final_weights.pt")
+    p.add_argument("--captions", required=True, metavar="FILE", help="one caption per line (# lines skipped)")
+    p.add_argument("--n", type=int, default=4, help="images per caption (rows of the grid)")
+    p.add_argument("--out", metavar="PNG", help="grid image (default: <run>/samples/captions-<file>.png)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--text-encoder", metavar="PATH", help="the run's text encoder weights, if not in the cache")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    return _sample
+
+
+def _sample(args) -> int:
+    from dfgan.trained import sample_captions_grid
+
+    res = sample_captions_grid(args.run, args.captions, n=args.n, out=args.out, seed=args.seed,
+                               text_encoder=args.text_encoder, device=args.device)
+    print(json.dumps(res, indent=2))
     return 0

@@ -1,4 +1,8 @@
-"""``dfgan`` command line: parses arguments and calls one function per command. No logic lives here."""
+"""``dfgan`` command line: parses arguments and calls one function per command. No logic lives here.
+
+Each area keeps its commands in its own module (``COMMAND_MODULES``), registering them with ``@command``.
+Handlers import what they run when they run, so that ``dfgan --help`` does not load torch, MLflow and Optuna.
+"""
 
 from __future__ import annotations
 
@@ -32,9 +36,9 @@ def spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_spec_from(args):
-    from dfgan.spec import load_spec
+    from dfgan.experiment import resolve_spec
 
-    return load_spec(args.variant, args.spec, args.overrides)
+    return resolve_spec(args.variant, args.spec, args.overrides)
 
 
 # ---- train ------------------------------------------------------------------------------------------------------
@@ -51,16 +55,15 @@ def _train_args(p):
 
 
 def _train(args) -> int:
+    from dfgan.tracking import Tracker
     from dfgan.train.loop import train
 
     spec = load_spec_from(args)
-    evals: dict[int, dict[str, float]] = {}
-    res = train(spec, resume=args.resume, restart=args.restart, progress=not args.quiet,
-                tracking=False if args.no_track else None, tracking_uri=args.tracking_uri,
-                on_eval=lambda step, values: evals.__setitem__(step, values))
+    tracker = Tracker.for_spec(spec, enabled=False if args.no_track else None, uri=args.tracking_uri)
+    res = train(spec, resume=args.resume, restart=args.restart, progress=not args.quiet, tracker=tracker)
     print(json.dumps({"run_dir": str(res.run_dir), "mlflow_run_id": res.run_id, "steps": res.steps,
                       "seconds": round(res.seconds, 1), "last_losses": res.last_losses,
-                      "metrics": {k: round(v, 4) for k, v in evals.get(res.steps, {}).items()}}, indent=2))
+                      "metrics": {k: round(v, 4) for k, v in res.evaluation.items()}}, indent=2))
     return 0
 
 
@@ -77,7 +80,7 @@ def _params_args(p):
 
 
 def _params(args) -> int:
-    from dfgan.metrics.nop import spec_nop
+    from dfgan.experiment import spec_nop
 
     if args.nf:
         args.overrides.append(f"model.nf={args.nf}")
@@ -104,12 +107,12 @@ def _variants_args(p):
 
 
 def _variants(args) -> int:
-    from dfgan.metrics.nop import spec_nop
-    from dfgan.spec import load_spec, variant_names
+    from dfgan.experiment import resolve_spec, spec_nop
+    from dfgan.spec import variant_names
 
     rows = []
     for name in variant_names():
-        spec = load_spec(name, overrides=[f"model.nf={args.nf}", f"data.imsize={args.imsize}"])
+        spec = resolve_spec(name, overrides=[f"model.nf={args.nf}", f"data.imsize={args.imsize}"])
         nop = spec_nop(spec)["totals"]
         rows.append({"variant": name, "description": spec.description,
                      "nop_trainable": nop["trainable"]["count"]})
@@ -130,25 +133,22 @@ def _spec_args(p):
 
 
 def _spec(args) -> int:
+    from dfgan.experiment import run_hash
+
     spec = load_spec_from(args)
-    print(spec.to_yaml() + f"# hash: {spec.hash()}")
+    print(spec.to_yaml() + f"# hash: {run_hash(spec)}")
     return 0
 
 
 # ---- entry point ------------------------------------------------------------------------------------------------
-# Each area keeps its commands in its own module, registering them with @command on import.
-COMMAND_MODULES = ("dfgan.cli_data", "dfgan.cli_metrics", "dfgan.cli_study", "dfgan.cli_bench")
+COMMAND_MODULES = ("dfgan.cli.data", "dfgan.cli.runs", "dfgan.cli.study")
 
 
 def _load_command_modules() -> None:
     import importlib
 
     for mod in COMMAND_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+        importlib.import_module(mod)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,15 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
-
-
 def _tune_allocator(argv: list[str] | None) -> None:
     """Re-exec once with glibc malloc thresholds raised: PyTorch CPU steps run up to 2x faster and far less
     noisy (the default trims and mmaps big blocks on every step). glibc reads them only at start-up.
     Set DFGAN_NO_MALLOC_TUNING=1 to opt out; the setting in force is recorded with every run."""
     import os
     import platform
+
+    from dfgan.runtime import MALLOC_ENV
 
     if (platform.system() != "Linux" or os.environ.get("DFGAN_NO_MALLOC_TUNING")
             or all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())):
@@ -189,9 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         _tune_allocator(argv)
     from dfgan.registry import RegistryError
+    from dfgan.runs import CheckpointMismatchError, RunExistsError
     from dfgan.spec import SpecError
-    from dfgan.train.checkpoint import CheckpointMismatchError
-    from dfgan.train.loop import RunExistsError
     from dfgan.train.step import NonFiniteLossError
 
     USER_ERRORS = (RegistryError, CheckpointMismatchError, RunExistsError, NonFiniteLossError,

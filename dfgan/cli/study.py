@@ -43,8 +43,14 @@ def _ablate_args(p):
 
 def plan_from_args(args):
     from dfgan.spec import SpecError
-    from dfgan.studies import DEFAULT_STUDY, adhoc_definition, load_study_definition, parse_seeds, plan_study
-    from dfgan.studies.definition import study_path
+    from dfgan.studies.definition import (
+        DEFAULT_STUDY,
+        adhoc_definition,
+        load_study_definition,
+        parse_seeds,
+        study_path,
+    )
+    from dfgan.studies.runner import plan_study
 
     if args.variant and args.variants:
         raise SpecError("give --variant or --variants, not both")
@@ -69,7 +75,7 @@ def plan_from_args(args):
 
 
 def _ablate(args) -> int:
-    from dfgan.studies import run_study, study_status
+    from dfgan.studies.runner import run_study, study_status
 
     plan = plan_from_args(args)
     if args.dry_run:
@@ -109,7 +115,7 @@ def _search_args(p):
 
 
 def _search(args) -> int:
-    from dfgan.studies import parse_params, run_search
+    from dfgan.studies.search import parse_params, run_search
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     out = run_search(study=args.study, variant=args.variant, params=parse_params(args.params),
@@ -139,7 +145,7 @@ def _report_args(p):
 
 
 def _report(args) -> int:
-    from dfgan.reports import build_report
+    from dfgan.reports.build import build_report
 
     rep = build_report(args.study, tracking_uri=args.tracking_uri, out_dir=args.out, metric=args.metric,
                        reference=args.reference, overrides_set=args.overrides_set, benchmarks=args.benchmarks,

@@ -1,4 +1,4 @@
-"""Noise and image helpers shared by training, sampling and evaluation."""
+"""Generator noise: the truncated noise of sampling and evaluation, and the per-step noise of training."""
 
 from __future__ import annotations
 
@@ -15,11 +15,7 @@ def truncated_noise(n: int, z_dim: int, truncation: float, generator: torch.Gene
     return (z * truncation).to(device)
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float (B,3,H,W) -> uint8 (B,3,H,W), rounding as torchvision.save_image does."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
-
-
-def last_stage(images):
-    """The full-resolution output of a generator (the last stage of a stacked one)."""
-    return images[-1] if isinstance(images, (list, tuple)) else images
+def step_noise(seed: int, step: int, n: int, z_dim: int, rank: int = 0) -> torch.Tensor:
+    """Training noise z ~ N(0, I), a pure function of (seed, step, rank): exact resumes."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + rank) % (2**63))
+    return torch.randn(n, z_dim, generator=g)

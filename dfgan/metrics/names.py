@@ -1,6 +1,6 @@
 """Which logged metrics measure quality, which way is better, and which one a table or an objective uses.
 
-The metric code (dfgan.metrics) names each metric by its protocol (``attr_acc``, ``fd_attr``,
+The metric definitions (``dfgan.metrics.registry``) name each metric by its protocol (``attr_acc``, ``fd_attr``,
 ``fid30k_test_clean``, ``kid_test_clean``, ``rprec_damsm``, ...). Tables pick their columns from whatever
 the runs logged: quality metrics when there are any, else the final training losses, and say so.
 """
@@ -8,6 +8,9 @@ the runs logged: quality metrics when there are any, else the final training los
 from __future__ import annotations
 
 import re
+
+from dfgan.metrics.registry import metric
+from dfgan.registry import RegistryError
 
 # (pattern, higher is better, what it is); the first match wins. Order = preference for the primary metric.
 QUALITY_METRICS: list[tuple[str, bool, str]] = [
@@ -38,8 +41,12 @@ def is_main(name: str) -> bool:
 
 
 def higher_is_better(name: str) -> bool | None:
-    info = quality_info(name)
-    return None if info is None else info[0]
+    """From the metric's definition when ``name`` is a registered metric, else from its name's pattern."""
+    try:
+        return metric(name).higher_is_better
+    except RegistryError:
+        info = quality_info(name)
+        return None if info is None else info[0]
 
 
 def quality_columns(available: list[str] | set[str], main_only: bool = True) -> list[str]:

@@ -1,4 +1,4 @@
-"""Image grids with their captions, for sample artifacts."""
+"""Generated image tensors: uint8 conversion, the full-resolution stage, and captioned grids (sample artifacts)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,17 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from dfgan.sampling import to_uint8
-
 MIN_CELL = 96  # px: the smallest cell a sample grid shows
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float (B,3,H,W) -> uint8 (B,3,H,W), rounding as torchvision.save_image does."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def last_stage(images):
+    """The full-resolution output of a generator (the last stage of a stacked one)."""
+    return images[-1] if isinstance(images, (list, tuple)) else images
 
 
 def save_caption_grid(images: torch.Tensor, captions: list[str], path: str | Path, nrow: int,

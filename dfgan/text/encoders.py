@@ -1,0 +1,178 @@
+"""The frozen text encoder of a run: a checkpoint, the cache, or DAMSM pretraining on the dataset; and the
+conditioner that turns batches of captions into the generator's sentence (and word) vectors.
+
+The encoder is frozen (eval mode, no dropout). Word embeddings (needed only by word-attending fusions) are
+computed per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dfgan.data.vocab import MAX_WORDS
+from dfgan.nn.text_encoders import DAMSMTextEncoder, damsm_sizes, read_damsm_state
+from dfgan.registry import TEXT_ENCODERS
+from dfgan.runs import atomic_torch_save, atomic_write_text
+from dfgan.runtime import pick_device
+from dfgan.text.pretrain import pretrain_sampler, pretrain_text_encoder
+from dfgan.text.probe import attribute_probe, has_attributes
+
+# Bump when the pretraining recipe changes (architecture, loss, sampler): cached encoders are then retrained.
+PRETRAIN_VERSION = 1
+
+
+
+def load_damsm_checkpoint(path, n_words: int, *, device=None, embedding_dim: int | None = None) -> DAMSMTextEncoder:
+    """Load a DAMSM text-encoder state dict (official ``text_encoder*.pth`` or ours; ``read_damsm_state``).
+    Raises FileNotFoundError naming the path, ValueError if its vocabulary size or width differ."""
+    state = read_damsm_state(path)
+    rows, ninput, nhidden = damsm_sizes(state)
+    if rows != n_words:
+        raise ValueError(
+            f"text encoder checkpoint {path} has a vocabulary of {rows} words (encoder.weight rows) but the "
+            f"dataset vocabulary has {n_words} words; use the checkpoint made for this dataset's captions, or "
+            "set model.text_encoder.checkpoint=null to pretrain one"
+        )
+    if embedding_dim is not None and nhidden != embedding_dim:
+        raise ValueError(
+            f"text encoder checkpoint {path} gives {nhidden}-d embeddings but model.text_encoder.embedding_dim "
+            f"is {embedding_dim}"
+        )
+    enc = DAMSMTextEncoder(n_words, ninput=ninput, nhidden=nhidden)
+    enc.load_state_dict(state)
+    return enc.to(pick_device(device)).eval().requires_grad_(False)
+
+
+def cache_key(spec, dataset) -> str:
+    """Identifies a pretrained encoder: the data (content hash), the spec's pretraining fields, the recipe."""
+    blob = json.dumps(
+        {
+            "data": dataset.content_hash,
+            "embedding_dim": spec.embedding_dim,
+            "pretrain_steps": spec.pretrain_steps,
+            "pretrain_batch_size": spec.pretrain_batch_size,
+            "pretrain_lr": spec.pretrain_lr,
+            **({"pretrain_sampler": sampler} if (sampler := pretrain_sampler(spec, dataset)) != "random" else {}),
+            "image_encoder": "small_cnn",
+            "word_loss": False,
+            "seed": 0,
+            "version": PRETRAIN_VERSION,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_path(spec, dataset, cache_dir) -> Path:
+    return Path(cache_dir).expanduser() / "text_encoders" / f"damsm-{cache_key(spec, dataset)}.pth"
+
+
+def get_text_encoder(
+    spec,
+    dataset,
+    *,
+    device=None,
+    cache_dir,
+    progress: bool = True,
+    log_fn: Callable[[int, dict[str, float]], None] | None = None,
+    eval_dataset=None,
+) -> tuple[DAMSMTextEncoder, dict[str, Any]]:
+    """The frozen DAMSM text encoder for ``spec`` (a ``TextEncoderSpec``) and ``dataset`` (training split).
+
+    ``spec.checkpoint`` set: load it. Otherwise load ``<cache_dir>/text_encoders/damsm-<key>.pth`` (key: the
+    dataset's content hash, the spec's pretraining fields and the recipe version), or pretrain with
+    ``pretrain_text_encoder`` and save it there atomically (official key layout) with a ``.json`` sidecar.
+    ``info["source"]`` is "checkpoint", "cache" or "pretrained"; ``info["path"]`` the weights file.
+    """
+    if spec.name != "damsm":
+        raise NotImplementedError(
+            f"get_text_encoder builds only the 'damsm' text encoder; '{spec.name}' is built by its own module"
+        )
+    n_words = len(dataset.vocab)
+    if spec.checkpoint:
+        enc = load_damsm_checkpoint(spec.checkpoint, n_words, device=device, embedding_dim=spec.embedding_dim)
+        return enc, {"source": "checkpoint", "path": str(Path(spec.checkpoint).expanduser())}
+    path = cache_path(spec, dataset, cache_dir)
+    sidecar = path.with_suffix(".json")
+    if path.is_file():
+        enc = load_damsm_checkpoint(path, n_words, device=device, embedding_dim=spec.embedding_dim)
+        info: dict[str, Any] = {}
+        if sidecar.is_file():
+            try:
+                info = json.loads(sidecar.read_text())
+            except (OSError, json.JSONDecodeError):
+                info = {}
+        info.update(source="cache", path=str(path))
+        return enc, info
+    enc, info = pretrain_text_encoder(
+        dataset, spec, device=device, progress=progress, log_fn=log_fn, eval_dataset=eval_dataset
+    )
+    if has_attributes(dataset):  # what the sentence vectors encode of each attribute (built-in data)
+        probe_on = eval_dataset if eval_dataset is not None and has_attributes(eval_dataset) else None
+        info["attribute_probe"] = attribute_probe(enc, dataset, probe_on, device=pick_device(device))["accuracy"]
+    state = {k: v.detach().cpu() for k, v in enc.state_dict().items()}
+    info = {**info, "content_hash": dataset.content_hash, "key": cache_key(spec, dataset), "version": PRETRAIN_VERSION}
+    atomic_torch_save(state, path)
+    atomic_write_text(sidecar, json.dumps(info, indent=2, sort_keys=True))
+    info.update(source="pretrained", path=str(path))
+    return enc, info
+
+
+# ---- the run's frozen encoder and its conditioner ---------------------------------------------------------
+
+
+def load_text_encoder(spec, dataset, *, device, cache_dir, progress=True, log_fn=None):
+    """(encoder, info) for ``spec.model.text_encoder``: a checkpoint, the cache, or pretraining on ``dataset``."""
+    te = spec.model.text_encoder
+    if te.name == "damsm":
+        enc, info = get_text_encoder(te, dataset, device=device, cache_dir=cache_dir, progress=progress,
+                                     log_fn=log_fn)
+    else:
+        enc = TEXT_ENCODERS.build(te.name, spec=te, n_words=len(dataset.vocab), vocab=dataset.vocab)
+        info = {"source": "pretrained", "name": te.name}
+    enc = enc.to(device).eval()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    return enc, info
+
+
+class TextConditioner:
+    """Encodes batches of captions with a frozen encoder; caches sentence vectors per (image, caption)."""
+
+    def __init__(self, encoder, device, need_words: bool, cache: bool = True):
+        self.encoder, self.device, self.need_words, self.use_cache = encoder, device, need_words, cache
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    @torch.no_grad()
+    def encode(self, captions: torch.Tensor, lengths: torch.Tensor):
+        words, sent = self.encoder(captions.to(self.device), lengths)
+        return words.float(), sent.float()
+
+    @torch.no_grad()
+    def __call__(self, batch: dict):
+        caps, lens = batch["caption"], batch["length"]
+        mask = (caps == 0).to(self.device)
+        if self.need_words or not self.use_cache:
+            words, sent = self.encode(caps, lens)
+            return sent, (words if self.need_words else None), mask
+        keys = list(zip(batch["index"].tolist(), batch["caption_index"].tolist()))
+        # an over-long caption is a random subset each time: cache only captions that fit
+        fits = (lens < MAX_WORDS).tolist()
+        missing = [n for n, k in enumerate(keys) if not (fits[n] and k in self._cache)]
+        if missing:
+            sel = torch.tensor(missing)
+            _, sent_new = self.encode(caps[sel], lens[sel])
+            for n, v in zip(missing, sent_new):
+                if fits[n]:
+                    self._cache[keys[n]] = v
+        sent = torch.stack([
+            self._cache[k] if fits[n] and k in self._cache else sent_new[missing.index(n)]
+            for n, k in enumerate(keys)
+        ])
+        return sent, None, mask
