@@ -4,7 +4,7 @@
 writes ``reports/<study>/``: ``README.md`` (every table, figure and the provenance), one ``.md`` and one
 ``.tex`` per table, ``figures/*.png``, ``runs.csv`` (one row per cell run) and ``provenance.json``.
 Which tables: Table 1 style (per variant: quality, NoP, sampling throughput) always; Table 2 style
-(differences to the reference with bootstrap intervals) for component-table and grid studies; Table 3 style
+(differences to the reference with t intervals) for component-table and grid studies; Table 3 style
 for fusion studies; main effects and interactions for factorial studies; a trial table for searches.
 This package never imports the networks: it reads MLflow, the study files and benchmark records.
 """
@@ -152,7 +152,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
                      else f"Differences to {ref}")
             tables.append(table_differences(data.cells, order, diff_metrics, ref, metric_note,
                                             key="table2_components" if kind == "cumulative" else "table2_differences",
-                                            title=title, n_boot=n_boot))
+                                            title=title, n_boot=n_boot, previous=kind == "cumulative"))
         if kind == "fusion" and ref and len(order) > 1:
             extra = {}
             for v in order:
