@@ -1,6 +1,6 @@
-"""Reports from MLflow: statistics (bootstrap differences, factorial effects) and the generated tables, LaTeX,
-figures and provenance, on synthetic cell runs with known values (the end-to-end path from a real tiny study
-is covered in test_studies.py)."""
+"""Reports from MLflow: statistics (factorial effects; the differences' intervals are in test_stats.py) and the
+generated tables, LaTeX, figures and provenance, on synthetic cell runs with known values (the end-to-end path
+from a real tiny study is covered in test_studies.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
 from dfgan.metrics.names import choose_metric, quality_columns
 from dfgan.reports.build import NoRunsError, build_report
-from dfgan.reports.stats import bootstrap_diff, factorial_effects
+from dfgan.reports.stats import factorial_effects
 from dfgan.reports.tables import latex_escape
 
 SEEDS = (100, 101, 102)
@@ -80,18 +81,6 @@ def synthetic(tmp_path_factory):
     return {"uri": uri, "tmp": tmp}
 
 
-def test_bootstrap_difference():
-    a = {1: 1.0, 2: 1.1, 3: 0.9, 4: 1.05}
-    far = bootstrap_diff(a, {s: v - 0.5 for s, v in a.items()}, n_boot=2000)
-    assert far.paired and far.diff == pytest.approx(0.5) and far.lo == pytest.approx(0.5) and far.excludes_zero
-    noise = bootstrap_diff(a, {1: 1.05, 2: 0.95, 3: 1.0, 4: 1.05}, n_boot=2000)
-    assert noise.lo < 0 < noise.hi and not noise.excludes_zero
-    unpaired = bootstrap_diff({1: 2.0, 2: 2.2}, {5: 1.0, 6: 1.1, 7: 0.9}, n_boot=2000)
-    assert not unpaired.paired and unpaired.diff == pytest.approx(1.1) and 0.9 <= unpaired.lo < unpaired.hi <= 1.3
-    one = bootstrap_diff({1: 2.0}, {1: 1.0})
-    assert one.lo is None and not one.excludes_zero
-
-
 def test_factorial_effects_recover_known_effects():
     """Effects are estimated within noise, and the 95% intervals cover the true effects ~95% of the time."""
     axes = {"backbone": ["one_stage", "stacked"], "head": ["one_way", "two_way"],
@@ -114,6 +103,7 @@ def test_factorial_effects_recover_known_effects():
     eff = simulate(np.random.default_rng(0))
     t = eff.table.set_index("term")
     assert eff.n == 32 and eff.df_resid == 32 - 11 and sorted(t.index) == sorted(truth)
+    assert eff.df_error == 16 and eff.replicated_cells == 16  # pure error: 16 cells x (2 seeds - 1)
     for term, value in truth.items():
         assert t.loc[term, "effect"] == pytest.approx(value, abs=0.01)
     rng = np.random.default_rng(1)
@@ -157,10 +147,21 @@ def test_report_tables_figures_provenance(synthetic):
 
     t2 = rep.tables["table2_components"].frame.set_index("variant")
     col = "Δ attr_acc vs full [95% CI]"
-    worse = np.mean(FINAL["worse"]) - full.mean()
-    assert t2.loc["worse", col].startswith(f"{worse:+.3g} [") and t2.loc["worse", col].endswith("*")
+    d = np.array(FINAL["worse"]) - full  # paired over the 3 seeds; the t interval by hand
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert t2.loc["worse", col] == f"{d.mean():+.3g} [{d.mean() - half:+.3g}, {d.mean() + half:+.3g}]"
+    # 3 seeds: the sign-flip p cannot go below 0.25, so no mark however far the interval is from 0
+    assert t2.loc["worse", "attr_acc vs full: n, MDE, p"].endswith("n too small for the test (t interval excludes 0)")
     assert not t2.loc["same", col].endswith("*")
     assert t2.loc["full", col] == "(reference)"
+    # each step: the row against the previous one (the component just added)
+    step = np.array(FINAL["same"]) - np.array(FINAL["worse"])
+    half = stats.t.ppf(0.975, 2) * step.std(ddof=1) / np.sqrt(3)
+    assert t2.loc["worse", "Δ attr_acc vs previous row [95% CI]"] == "(first row)"
+    assert t2.loc["same", "Δ attr_acc vs previous row [95% CI]"] == \
+        f"{step.mean():+.3g} [{step.mean() - half:+.3g}, {step.mean() + half:+.3g}]"
+    assert t2.loc["same", "attr_acc vs previous: n, MDE, p"].startswith("n 3, paired t, MDE ")
+    assert t2.loc["full", "attr_acc vs previous: n, MDE, p"] == t2.loc["same", "attr_acc vs full: n, MDE, p"]
 
     tex = (rep.folder / "table2_components.tex").read_text()
     assert all(s in tex for s in (r"\toprule", r"\midrule", r"\bottomrule", r"$\Delta$", r"$\pm$"))
@@ -185,10 +186,12 @@ def test_report_without_benchmarks_or_quality_metric(synthetic, monkeypatch):
 
 
 def test_factorial_report(synthetic):
-    """A factorial study (the study file's axes) read from MLflow: the effects table and its figure."""
+    """A factorial study (the study file's axes, one seed) read from MLflow: the effects table and its figure."""
     rep = build_report("factorial", tracking_uri=synthetic["uri"], out_dir=synthetic["tmp"] / "reports", n_boot=200)
     eff = rep.tables["factorial_effects"].frame.set_index("term")
     assert float(eff.loc["regulariser", "effect on attr_acc"]) == pytest.approx(0.2, abs=0.03)
-    assert eff.loc["regulariser", ""] == "*" and eff.loc["backbone", ""] == ""
+    # one seed per cell: no replication, so no intervals, p-values or marks, and the table says why
+    assert eff.loc["regulariser", "95% CI"] == "no replication: none" and set(eff[""]) == {""}
+    assert any("no seed replication" in n for n in rep.tables["factorial_effects"].notes)
     assert len(rep.tables["table1_variants"].frame) == 16
     assert (rep.folder / "figures" / "factorial_effects.png").is_file()

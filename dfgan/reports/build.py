@@ -138,7 +138,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
                      else f"Differences to {ref}")
             tables.append(table_differences(data.cells, order, diff_metrics, ref, metric_note,
                                             key="table2_components" if kind == "cumulative" else "table2_differences",
-                                            title=title, n_boot=n_boot))
+                                            title=title, n_boot=n_boot, previous=kind == "cumulative"))
         if kind == "fusion" and ref and len(order) > 1:
             extra = {}
             for v in order:

@@ -14,9 +14,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from dfgan.metrics.names import arrow  # noqa: E402
+from dfgan.reports.stats import mean_intervals  # noqa: E402
 
 DPI = 150
-BOOT_SEED = 0
 
 
 def _save(fig, path: Path) -> Path:
@@ -39,17 +39,25 @@ def curves(history: pd.DataFrame, metric: str, order: list[str], path: Path) -> 
     return _save(fig, path)
 
 
-def final_points(cells: pd.DataFrame, metric: str, order: list[str], path: Path, n_boot: int = 2000) -> Path:
-    """Final ``metric`` per variant: each seed as a dot, the mean with a 95% bootstrap interval."""
+def final_points(cells: pd.DataFrame, metric: str, order: list[str], path: Path) -> Path:
+    """Final ``metric`` per variant: each seed as a dot, the mean with its 95% Student-t interval over seeds
+    (``stats.mean_intervals``; none with one seed)."""
     col = f"metrics.{metric}"
     d = cells.dropna(subset=[col])
     order = [o for o in order if o in set(d["variant"])]
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(order) + 1.5))
     sns.stripplot(data=d, x=col, y="variant", order=order, color="0.55", size=5, jitter=0.15, ax=ax)
-    sns.pointplot(data=d, x=col, y="variant", order=order, errorbar=("ci", 95), n_boot=n_boot, seed=BOOT_SEED,
-                  linestyle="none", color="C0", markers="D", capsize=0.2, ax=ax)
-    ax.set(xlabel=f"final {metric}{arrow(metric)}", ylabel="", title=f"final {metric}: seeds (dots), "
-           "mean with 95% bootstrap CI")
+    for i, r in mean_intervals(d, col, order).iterrows():
+        if r["n"] >= 2:
+            ax.errorbar(r["mean"], i, xerr=[[r["mean"] - r["lo"]], [r["hi"] - r["mean"]]], fmt="D", color="C0",
+                        capsize=4, zorder=3)
+        else:
+            ax.plot(r["mean"], i, "D", color="C0", zorder=3)
+        ax.annotate(f"n={int(r['n'])}", (1.0, i), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set(xlabel=f"final {metric}{arrow(metric)}", ylabel="")
+    ax.set_title(f"final {metric}: seeds (dots), mean with 95% t interval over seeds\n"
+                 "(of each row's mean; the paired differences' intervals are in the tables)", fontsize=9)
     return _save(fig, path)
 
 
@@ -89,5 +97,6 @@ def effects(table: pd.DataFrame, metric: str, path: Path) -> Path:
     ax.errorbar(t["effect"], y, xerr=err if finite else None, fmt="o", color="C0", capsize=3)
     ax.axvline(0, color="0.5", lw=0.8)
     ax.set_yticks(y, t["term"])
-    ax.set(xlabel=f"effect on {metric}{arrow(metric)} (first level - second)", title="factorial effects, 95% CI")
+    title = "factorial effects, 95% CI (pure error)" if finite else "factorial effects (no replication: no intervals)"
+    ax.set(xlabel=f"effect on {metric}{arrow(metric)} (first level - second)", title=title)
     return _save(fig, path)

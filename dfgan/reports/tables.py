@@ -13,9 +13,21 @@ import pandas as pd
 
 from dfgan.metrics.names import arrow, higher_is_better
 from dfgan.reports import published as pub
-from dfgan.reports.stats import CONFIDENCE, Diff, Effects, differences, summarise
+from dfgan.reports.stats import (
+    ALPHA,
+    BOOT_MIN_N,
+    CONFIDENCE,
+    EXACT_MAX_N,
+    POWER,
+    Diff,
+    Effects,
+    differences,
+    holm_adjust,
+    steps,
+    summarise,
+)
 
-SIG_MARK = "*"  # the 95% interval of the difference excludes zero
+SIG_MARK = "*"  # Holm-adjusted p < ALPHA, where the test can reach that level
 
 
 @dataclass
@@ -42,7 +54,7 @@ def fmt_diff(d: Diff | None) -> str:
         return "(reference)"
     if d.lo is None:
         return f"{d.diff:+.3g} (1 seed: no interval)"
-    return f"{d.diff:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}]{' ' + SIG_MARK if d.excludes_zero else ''}"
+    return f"{d.diff:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}]{' ' + SIG_MARK if d.significant else ''}"
 
 
 def fmt_count(n) -> str:
@@ -133,11 +145,86 @@ def table_variants(cells: pd.DataFrame, order: list[str], metrics: list[str], me
     return Table(key, title, pd.DataFrame(rows), notes)
 
 
+def _reading(d: Diff) -> str:
+    """What the comparison can say; a non-significant result at low power never reads as "equal"."""
+    if d.lo is None or d.p is None:
+        return "n too small"
+    if not d.testable:
+        return "n too small for the test" + (" (t interval excludes 0)" if d.excludes_zero else "")
+    return "difference" if d.significant else "no detectable difference"
+
+
+def fmt_test(d: Diff | None) -> str:
+    """n, interval method, MDE, p (Holm p) and the reading of one comparison."""
+    if d is None:
+        return ""
+    n = f"n {d.n}" if d.paired or d.n_other is None else f"n {d.n}+{d.n_other}"
+    if d.lo is None:
+        return f"{n}: {d.note or 'no interval'}"
+    p = "p –" if d.p is None else f"p {fmt(d.p, 2)} (Holm {fmt(d.p_holm, 2)})"
+    extra = f" [{d.note}]" if d.note else ""
+    return f"{n}, {d.method}, MDE {fmt(d.mde, 2)}; {p}: {_reading(d)}{extra}"
+
+
+def _how(diffs: list[Diff]) -> str:
+    """The methods actually used in a table, in words."""
+    used = []
+    if any(d.method == "paired t" for d in diffs):
+        used.append("paired over common seeds (per-seed differences), Student-t interval, exact sign-flip "
+                    f"permutation p over all 2^n flips (random flips above n = {EXACT_MAX_N})")
+    if any(d.method == "paired bootstrap" for d in diffs):
+        used.append(f"paired percentile bootstrap interval where n >= {BOOT_MIN_N}, sign-flip p")
+    if any(d.method == "Welch t" for d in diffs):
+        used.append("Welch t interval and Welch t p (Satterthwaite df) where the rows have different seeds")
+    return "; ".join(used) if used else "no comparison has 2 seeds: no intervals"
+
+
+def _difference_notes(family: list[Diff], n_tests: int, metrics: list[str], reference: str, metric_note: str,
+                      previous: bool, interval: str) -> list[str]:
+    also = [m for m in metrics if not metric_note.startswith(m + " ")]
+    untestable = sorted({d.n for d in family if d.paired and d.p is not None and not d.testable})
+    notes = [f"Primary metric: {metric_note}." + (f" Also shown: {', '.join(also)}." if also else ""),
+             (f"Δ = row mean - previous row's mean (the component just added) and - {reference}'s mean. "
+              if previous else f"Δ = row mean - {reference} mean. ") +
+             f"{int(CONFIDENCE * 100)}% intervals, each on its own (not simultaneous): {_how(family)}. "
+             f"n = paired seeds (Welch: seeds of the row + of the other). MDE = the true difference a two-sided "
+             f"t-test at {ALPHA:.2g} finds with {POWER:.0%} power at the observed seed SD (noncentral t).",
+             f"Holm p: Holm's adjustment over the {n_tests} distinct tests of this table (every metric and "
+             "column; a step to or from the reference is the same test as its comparison with it). "
+             f"{SIG_MARK} = Holm p < {ALPHA:.2g} where the test can reach that level. Readings: difference = "
+             "marked; no detectable difference = not marked although the test could reach the level: a true "
+             "difference below the MDE would often be missed, so this is not evidence that the rows are equal; "
+             "n too small = no interval (1 seed) or the test cannot reach the level."]
+    if untestable:
+        notes.append(f"With n = {', '.join(map(str, untestable))} paired seeds the exact sign-flip p cannot go "
+                     f"below 2/2^n ({', '.join(fmt(2 / 2 ** n, 2) for n in untestable)}), so no {SIG_MARK} is "
+                     "possible however large Δ is; the t interval (which assumes normal seed noise) and the MDE "
+                     "are what these seeds can say. 6 seeds are the fewest a sign-flip test at 0.05 needs.")
+    if interval == "bootstrap" and any("refused" in d.note for d in family):
+        notes.append(f"A bootstrap was asked for; it is given only with >= {BOOT_MIN_N} paired seeds (fewer: its "
+                     "percentile interval covers far less than 95%), so these comparisons use the t interval.")
+    for m in metrics:
+        h = higher_is_better(m)
+        if h is not None:
+            notes.append(f"{m}: {'higher' if h else 'lower'} is better.")
+    return notes
+
+
 def table_differences(cells: pd.DataFrame, order: list[str], metrics: list[str], reference: str,
                       metric_note: str, *, key: str, title: str, n_boot: int,
-                      extra: dict[str, dict[str, str]] | None = None) -> Table:
-    """Rows in order; per metric: mean ± std and the difference to ``reference`` with a bootstrap interval."""
-    diffs = {m: differences(cells, f"metrics.{m}", reference, n_boot=n_boot) for m in metrics}
+                      extra: dict[str, dict[str, str]] | None = None, previous: bool = False,
+                      interval: str = "t") -> Table:
+    """Rows in order; per metric: mean ± std, the difference to ``reference`` and (``previous``, the cumulative
+    table) to the row before, each with its 95% interval, n, MDE, p and Holm p over the table's comparisons."""
+    vs_ref = {m: differences(cells, f"metrics.{m}", reference, n_boot=n_boot, interval=interval) for m in metrics}
+    vs_prev = {m: steps(cells, f"metrics.{m}", order, n_boot=n_boot, interval=interval) if previous else {}
+               for m in metrics}
+    pairs = [(m, d) for group in (vs_ref, vs_prev) for m in metrics for d in group[m].values()]
+    # a step to or from the reference is also a comparison with the reference: one test, counted once
+    keys = [(m, frozenset(d.rows)) for m, d in pairs]
+    family = [d for _, d in pairs]
+    holm_adjust(family, keys=keys)
+    n_tests = len({k for k, d in zip(keys, family, strict=True) if d.p is not None})
     rows = []
     for v in order:
         sub = cells[cells["variant"] == v]
@@ -146,40 +233,38 @@ def table_differences(cells: pd.DataFrame, order: list[str], metrics: list[str],
             s = summarise(sub, f"metrics.{m}", order=[v])
             row[f"{m}{arrow(m)}"] = fmt_mean_std(s["mean"].iloc[0], s["std"].iloc[0], int(s["n"].iloc[0])) \
                 if len(s) else "–"
-            row[f"Δ {m} vs {reference} [95% CI]"] = fmt_diff(diffs[m].get(v)) if v != reference else "(reference)"
+            if previous:
+                d = vs_prev[m].get(v)
+                row[f"Δ {m} vs previous row [95% CI]"] = fmt_diff(d) if d else "(first row)"
+                row[f"{m} vs previous: n, MDE, p"] = fmt_test(d)
+            row[f"Δ {m} vs {reference} [95% CI]"] = fmt_diff(vs_ref[m].get(v)) if v != reference else "(reference)"
+            row[f"{m} vs {reference}: n, MDE, p"] = fmt_test(vs_ref[m].get(v))
         rows.append(row)
-    paired = {d.paired for m in metrics for d in diffs[m].values() if d.lo is not None}
-    how = ("paired over common seeds" if paired == {True} else
-           "independent resampling of the two groups" if paired == {False} else
-           "no row has 2 seeds: no intervals" if not paired else
-           "paired where both rows share their seeds, else independent")
-    also = [m for m in metrics if not metric_note.startswith(m + " ")]
-    notes = [f"Primary metric: {metric_note}." + (f" Also shown: {', '.join(also)}." if also else ""),
-             f"Δ = row mean - {reference} mean; {int(CONFIDENCE * 100)}% percentile bootstrap interval "
-             f"({n_boot} resamples, {how}); {SIG_MARK} = the interval excludes zero. With 2-3 seeds intervals "
-             "are coarse: read them as a floor on the uncertainty, not a test."]
-    for m in metrics:
-        h = higher_is_better(m)
-        if h is not None:
-            notes.append(f"{m}: {'higher' if h else 'lower'} is better.")
+    notes = _difference_notes(family, n_tests, metrics, reference, metric_note, previous, interval)
     return Table(key, title, pd.DataFrame(rows), notes)
 
 
 def table_effects(effects: Effects, metric: str, metric_note: str) -> Table:
     rows = []
     for _, r in effects.table.iterrows():
-        sig = (r["lo"] > 0 or r["hi"] < 0) if math.isfinite(r["lo"]) else False
-        ci = f"[{r['lo']:+.3g}, {r['hi']:+.3g}]" if math.isfinite(r["lo"]) else "–"
+        has = math.isfinite(r["lo"])
+        sig = has and math.isfinite(r["p_holm"]) and r["p_holm"] < ALPHA
+        ci = f"[{r['lo']:+.3g}, {r['hi']:+.3g}]" if has else "no replication: none"
         rows.append({"term": r["term"], f"effect on {metric}": f"{r['effect']:+.3g}", "95% CI": ci,
-                     "p": fmt(r["p"], 2), "": SIG_MARK if sig else ""})
+                     "MDE": fmt(r["mde"], 2), "p": fmt(r["p"], 2), "Holm p": fmt(r["p_holm"], 2),
+                     "": SIG_MARK if sig else ""})
     notes = [f"Metric: {metric_note}.",
              f"OLS with main effects and all two-way interactions, effects coding ({effects.coding}); "
              "effect = 2 x coefficient = mean at the first level - mean at the second, averaged over the other "
              "axes (for A x B: half the change of A's effect between B's levels). "
-             f"n = {effects.n} runs, residual df = {effects.df_resid}, R² = {fmt(effects.r2, 3)}; t intervals; "
-             f"{SIG_MARK} = interval excludes zero."]
-    if effects.df_resid <= 0:
-        notes.append("No residual degrees of freedom (one seed and a saturated model): no intervals. Run more seeds.")
+             f"n = {effects.n} runs in {effects.cells} cells, R² = {fmt(effects.r2, 3)}.",
+             f"Error from seed replication only (pure error: seeds within a cell; {effects.replicated_cells} of "
+             f"{effects.cells} cells replicated, df = {effects.df_error}), never the model residual (df = "
+             f"{effects.df_resid}), which would mix seed noise with the omitted 3- and higher-way interactions. "
+             f"t intervals with that df; MDE = the effect a two-sided t-test at {ALPHA:.2g} finds with "
+             f"{POWER:.0%} power; Holm p over the {len(effects.table)} terms; {SIG_MARK} = Holm p < {ALPHA:.2g}."]
+    if effects.refusal:
+        notes.append(f"No intervals: {effects.refusal}.")
     return Table("factorial_effects", f"Factorial effects on {metric}", pd.DataFrame(rows), notes)
 
 
