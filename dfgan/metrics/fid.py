@@ -35,6 +35,8 @@ from unittest import mock
 import numpy as np
 import torch
 
+from dfgan.runs import cache_dir
+
 FID_MODES = ("clean", "legacy_pytorch")
 INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's TorchScript Inception (cleanfid/inception_torchscript.py)
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -222,8 +224,6 @@ def load_inception(mode: str, device, path: str | os.PathLike | None = None) -> 
 
         folder = weights.parent
         if weights.name != INCEPTION_FILE:  # InceptionV3W takes a folder: link the file under its expected name
-            from dfgan.runs import cache_dir
-
             folder = cache_dir() / "inception" / hashlib.sha256(str(weights).encode()).hexdigest()[:12]
             folder.mkdir(parents=True, exist_ok=True)
             link = folder / INCEPTION_FILE

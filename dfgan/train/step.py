@@ -15,6 +15,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dfgan import runtime
+from dfgan.nn.fused import enable_fused_affine
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or Inf; the message names the step and the loss."""
@@ -47,8 +50,6 @@ def apply_speed_options(gan, train_spec) -> dict[str, Any]:
     """
     applied: dict[str, Any] = {"fused_affine": False, "channels_last": False}
     if train_spec.fused_affine:
-        from dfgan.nn.fused import enable_fused_affine
-
         applied["fused_affine"] = enable_fused_affine(gan.generator, warn=False)
     if train_spec.channels_last:
         gan.to(memory_format=torch.channels_last)
@@ -67,9 +68,7 @@ class Stepper:
         self.channels_last = channels_last
         self.grad_sync = grad_sync  # callable(params) that averages grads across processes, or None
         if precision == "bf16":
-            from dfgan.runtime import bf16_is_fast
-
-            if not bf16_is_fast(self.device):
+            if not runtime.bf16_is_fast(self.device):
                 import warnings
 
                 warnings.warn(f"train.precision=bf16 on {self.device}, which has no native bf16 matmuls (CPU: no "
