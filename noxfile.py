@@ -23,7 +23,7 @@ VENV = ROOT / ".venv"
 PY = str(VENV / "bin" / "python")
 EXTRAS = ".[dev,minilm,proxy]"
 # glibc malloc thresholds: PyTorch CPU steps run up to 2x faster and far less noisy with these
-# (shared/docs reference, Sec. 8); `dfgan` sets them itself too, this keeps pytest consistent.
+# (measured with benchmarks/, reports/benchmarks.md); `dfgan` sets them itself too, this keeps pytest consistent.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 
 

@@ -34,8 +34,8 @@ from dfgan.spec import Spec, SpecError, load_spec
 from dfgan.train.step import Stepper, apply_speed_options
 
 ROOT_DIR = Path(__file__).resolve().parents[1]  # the repository root
-COND_DIM = 256  # DAMSM sentence/word vector size (reference doc Sec. 4)
-N_WORDS = 18  # DF-GAN pads captions to 18 tokens (reference doc Sec. 4)
+COND_DIM = 256  # DAMSM sentence/word vector size (official code/models/DAMSM.py:RNN_ENCODER)
+N_WORDS = 18  # DF-GAN pads captions to 18 tokens (official code/lib/datasets.py)
 
 SPEEDS: dict[str, dict[str, Any]] = {
     "reference": {"train.precision": "fp32", "train.channels_last": False, "train.fused_affine": False},

@@ -1,6 +1,7 @@
 """The reference formulation of one DF-GAN training step, the yardstick our ``Stepper`` is measured against.
 
-Written from the facts of the official code's step (shared reference doc, Sec. 3), not from its source:
+Written from the documented behaviour of the official code's step (``code/lib/modules.py``, its training
+step), not from its source:
 fp32, the official order of operations, nothing fused, nothing skipped:
 
 1. the real images ``x`` and sentence vectors ``e`` become leaves that require grad;
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import autograd
 
-MAGP_K = 2.0  # DF-GAN HEAD: L_gp = 2 * mean(||g|| ** 6) (reference doc Sec. 3, step 6)
+MAGP_K = 2.0  # DF-GAN HEAD: L_gp = 2 * mean(||g|| ** 6) (official code/lib/modules.py, MA-GP)
 MAGP_P = 6.0
 
 

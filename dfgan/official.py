@@ -8,9 +8,10 @@
 
 Loading is strict: every key of our model must be in the file with the same shape and the file may hold no
 other key, with one exception. The official ``D_Block`` instantiates its 1x1 shortcut conv ``conv_s`` in every
-block but applies it only where ``fin != fout``; we do not build the unused ones (reference doc Sec. 1-2), so
-their ``DBlocks.N.conv_s.{weight,bias}`` keys are accepted, checked to have the shape the official code would
-give them (``(fout, fin, 1, 1)`` and ``(fout,)``) and dropped. They never influence any output.
+block but applies it only where ``fin != fout``; we do not build the unused ones (official
+``code/models/GAN.py:D_Block``), so their ``DBlocks.N.conv_s.{weight,bias}`` keys are accepted, checked to have
+the shape the official code would give them (``(fout, fin, 1, 1)`` and ``(fout,)``) and dropped. They never
+influence any output.
 
 A mismatch raises ``CheckpointError`` naming the network, the key and both shapes, and, when the file's own
 shapes reveal it, the ``nf``/``imsize``/``z_dim``/``cond_dim`` it was trained with.

@@ -1,4 +1,5 @@
-"""MA-GP against a direct autograd computation of the DF-GAN formula (reference Sec. 3 step 6)."""
+"""MA-GP against a direct autograd computation of the DF-GAN formula (official code/lib/modules.py, the MA-GP
+of the D step; paper Sec. 3.3)."""
 
 import torch
 

@@ -1,4 +1,5 @@
-"""Parameter counts (``dfgan.metrics.nop``) against the official counts in the reference doc (Sec. 2).
+"""Parameter counts (``dfgan.metrics.nop``) against the parameter counts of the official modules
+(``code/models/GAN.py``: NetG, NetD, NetC, instantiated and counted).
 
 No forward passes: building the nets is all these tests do.
 """
@@ -41,7 +42,7 @@ def frozen_damsm(n_words: int) -> DAMSMTextEncoder:
     return DAMSMTextEncoder(n_words).requires_grad_(False)
 
 
-# Official counts (reference doc Sec. 2): NetG, NetD as instantiated (with unused conv_s), NetC.
+# Official counts (official code/models/GAN.py, instantiated): NetG, NetD as instantiated (with unused conv_s), NetC.
 OFFICIAL = {
     (32, 64): (4_868_867, 3_210_820, 295_936),
     (32, 128): (7_306_499, 4_915_013, 295_936),

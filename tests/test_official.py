@@ -1,8 +1,9 @@
 """Loading official DF-GAN / DAMSM checkpoints (``dfgan.official``).
 
-The checkpoints here are written key by key from an independent table of the official layout (reference doc
-Sec. 1 and 4), never by round-tripping our own ``state_dict()``, and the loaded networks are compared with a
-functional re-computation (``F.linear``/``F.conv2d``) of the official forward passes from the same tensors.
+The checkpoints here are written key by key from an independent table of the official layout (the state dicts
+of official code/models/GAN.py and code/models/DAMSM.py), never by round-tripping our own ``state_dict()``, and
+the loaded networks are compared with a functional re-computation (``F.linear``/``F.conv2d``) of the official
+forward passes from the same tensors.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def ref_netC(sd, feats, sentence):
     return F.conv2d(h, sd["joint_conv.2.weight"])
 
 
-# ---- the layout table itself agrees with the reference doc's parameter counts -----------------------------
+# ---- the layout table itself agrees with the official modules' parameter counts -----------------------------
 @pytest.mark.parametrize(
     "nf, imsize, g, d, c",
     [

@@ -60,7 +60,8 @@ def test_stepper_matches_reference_formulation(variant, speed):
 
 
 def test_reference_step_follows_the_formulas():
-    """One reference D step by hand: hinge terms and MA-GP from their definitions (reference doc Sec. 3)."""
+    """One reference D step by hand: hinge terms and MA-GP from their definitions (official code/lib/modules.py,
+    the D step)."""
     spec = _spec("full", "reference")
     gan, _ = build_models(spec, "cpu", seed=1)
     b = Batch.random(spec, "cpu", seed=2)

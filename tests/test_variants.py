@@ -131,7 +131,7 @@ def test_nop_table_at_256px_reproduces_dfgan_and_measures_the_efficiency_claims(
     rows = {r["variant"]: r for r in mod.rows(32, 256)}
     assert EXPECTED <= set(rows)
     full = rows["full"]
-    # the official HEAD networks at nf=32, 256 px (reference doc Sec. 2): NetG, NetD (used part), NetC
+    # the official HEAD networks at nf=32, 256 px (code/models/GAN.py, instantiated): NetG, NetD (used part), NetC
     assert full["G"] == 9_744_131 and full["D"] == 6_421_830 and full["heads"] == 295_936
     assert rows["stacked"]["trainable"] > full["trainable"]
     assert rows["stacked"]["D"] > 2 * full["D"]  # three discriminators

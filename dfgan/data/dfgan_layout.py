@@ -1,4 +1,4 @@
-"""CUB birds and COCO in the preprocessed layout the official DF-GAN code reads (reference Sec. 5).
+"""CUB birds and COCO in the preprocessed layout the official DF-GAN code reads (``code/lib/datasets.py``).
 
 ```
 data/birds/                                   data/coco/
@@ -53,7 +53,7 @@ from dfgan.data.vocab import Vocab
 from dfgan.registry import DATASETS
 from dfgan.runs import atomic_write_bytes
 
-CAPTIONS_PER_IMAGE = {"birds": 10, "coco": 5}  # CUB has 10 captions per image, COCO 5 (reference Sec. 5)
+CAPTIONS_PER_IMAGE = {"birds": 10, "coco": 5}  # CUB has 10 captions per image, COCO 5 (official code/lib/datasets.py)
 CAPTIONS_PICKLE = "captions_DAMSM.pickle"
 FILENAMES_PICKLE = "filenames.pickle"
 TEXT_DIR = "text"

@@ -4,8 +4,8 @@
   8-bit RGB: grayscale and palette images are expanded, CMYK converted, images with alpha composited onto
   white, 16-bit and float images rescaled (PIL's own ``convert('RGB')`` clips 16-bit values to 255). It
   returns the original mode when it converted, so datasets can count conversions and warn once.
-* ``bird_crop_box`` is the CUB bounding-box crop of the official loader (reference Sec. 5).
-* ``transform`` is the official resize / random crop / random flip / [-1, 1] pipeline (reference Sec. 5),
+* ``bird_crop_box`` is the CUB bounding-box crop of the official loader (``code/lib/datasets.py:get_imgs``).
+* ``transform`` is the official resize / random crop / random flip / [-1, 1] pipeline (``code/lib/datasets.py``),
   with its randomness drawn from a numpy generator so that a training batch is a pure function of its seed;
   the test split takes the centre crop and is never flipped (the official code uses the random transform for
   both; a deterministic test split makes evaluations repeatable).

@@ -1,7 +1,7 @@
 """Number of parameters (NoP), with the counting rule stated.
 
 DF-GAN's README reports a NoP of "19M" for the paper model and "18M" for the released one without saying what
-it counts. Measured on the official modules (reference doc Sec. 2): G + D + C is 16.66M at nf=32 / 256 px, and
+it counts. Measured on the official modules (``code/models/GAN.py``): G + D + C is 16.66M at nf=32 / 256 px, and
 adding the frozen birds DAMSM text encoder (2.08M) gives 18.73M. We *infer* that the README's figure counts the
 text encoder too; that is the ``paper`` rule below. The ``trainable`` rule counts only what the GAN's optimisers
 update (G + D + C).

@@ -16,7 +16,7 @@ from dfgan.registry import Registry, RegistryError
 
 METRICS: Registry = Registry("metric")
 
-FULL_SCALE_FID_IMAGES = 30_000  # DF-GAN / AttnGAN: ~30k images from the test captions (reference doc Sec. 6)
+FULL_SCALE_FID_IMAGES = 30_000  # DF-GAN / AttnGAN: ~30k images from the test captions (paper Sec. 4)
 KINDS = ("fid", "kid", "is", "rprec", "attr_acc", "fd")
 HIGHER_IS_BETTER = {"fid": False, "kid": False, "fd": False, "is": True, "rprec": True, "attr_acc": True}
 _FID_NAME = re.compile(r"^fid(\d+)(k?)_(test|train)_(clean|legacy_pytorch)$")

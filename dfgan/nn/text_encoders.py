@@ -23,7 +23,8 @@ DAMSM_HIDDEN = 256  # nhidden; each direction has 128
 
 
 class DAMSMTextEncoder(nn.Module):
-    """AttnGAN's DAMSM text encoder (official ``RNN_ENCODER``), as frozen by DF-GAN (reference Sec. 4).
+    """AttnGAN's DAMSM text encoder (official ``RNN_ENCODER``), as frozen by DF-GAN (official
+    ``code/models/DAMSM.py:RNN_ENCODER``).
 
     Embedding(n_words, 300) -> dropout 0.5 -> one-layer bidirectional LSTM (128 per direction).
     Word embeddings are the LSTM outputs (B, 256, T); the sentence embedding is the two final hidden states

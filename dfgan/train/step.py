@@ -1,4 +1,5 @@
-"""One DF-GAN training step (reference Sec. 3): a discriminator step, then a generator step.
+"""One DF-GAN training step (official ``code/lib/modules.py``, the train loop): a discriminator step, then a
+generator step.
 
 The generator runs once per step; the discriminator step uses the fake images detached, the generator step
 reuses them with the updated discriminator (as the official code does). Works for any backbone (one image
