@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = str(VENV / "bin" / "python")
 EXTRAS = ".[dev,minilm,proxy]"
-# glibc malloc thresholds: PyTorch CPU steps run up to 2x faster and far less noisy with these
-# (measured with benchmarks/, reports/benchmarks.md); `dfgan` sets them itself too, this keeps pytest consistent.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+# glibc malloc thresholds (dfgan.runtime.MALLOC_ENV, which imports nothing but the standard library): `dfgan`
+# sets them itself too; this keeps pytest and the benchmarks consistent with it.
+sys.path.insert(0, str(ROOT))
+from dfgan.runtime import MALLOC_ENV  # noqa: E402
 
 
 def _venv(session: nox.Session) -> None:

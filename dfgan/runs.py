@@ -73,6 +73,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def load_or_make(path: str | Path, make: Callable[[], Any]) -> Any:
+    """The weights-only torch object at ``path``; the first time, ``make()`` builds it and it is saved atomically.
+    The cache of a network trained once per dataset (the attribute classifier, the DAMSM evaluator pair)."""
+    path = Path(path)
+    if not path.is_file():
+        atomic_torch_save(make(), path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 # ---- reading ------------------------------------------------------------------------------------------------------
 
 

@@ -35,6 +35,13 @@ def spec_args(p: argparse.ArgumentParser) -> None:
                    help="dotted overrides, e.g. train.steps=200 model.nf=16 data.imsize=64")
 
 
+def tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                   "sqlite:///<train.out_dir>/mlflow.db)")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def load_spec_from(args):
     from dfgan.experiment import resolve_spec
 
@@ -47,10 +54,7 @@ def _train_args(p):
     spec_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--restart", action="store_true", help="delete the run folder's checkpoint and start over")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                   "sqlite:///<train.out_dir>/mlflow.db)")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    tracking_args(p)
     return _train
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dfgan.cli import command, load_spec_from, spec_args
+from dfgan.cli import command, load_spec_from, spec_args, tracking_args
 from dfgan.pretrain_run import PRETRAIN_EXPERIMENT
 
 
@@ -58,10 +58,7 @@ def _pretrain_args(p):
     p.add_argument("--out", metavar="PATH", help="a .pth file, or a folder that receives text_encoder.pth "
                    "(default: <train.out_dir>/pretrain-text/<data.name>-<content hash>/)")
     p.add_argument("--experiment", default=PRETRAIN_EXPERIMENT, help="MLflow experiment")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                   "sqlite:///<train.out_dir>/mlflow.db)")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    tracking_args(p)
     return _pretrain
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from dfgan.data.builtin_render import ATTRIBUTES
 from dfgan.metrics.features import Extractor, extract, real_batches
-from dfgan.runs import atomic_torch_save, cache_dir
+from dfgan.runs import cache_dir, load_or_make
 
 CLASSIFIER_VERSION = 2  # bump when the recipe below changes: cached classifiers are retrained
 INPUT_SIZE = 32  # classifier resolution (images are area-downsampled to it)
@@ -185,11 +185,12 @@ def load_classifier(train_dataset, test_dataset=None, *, device="cpu", progress:
                     ) -> tuple[AttributeClassifier, dict[str, Any]]:
     """The cached classifier for this dataset (trained and saved atomically on first use)."""
     path = classifier_path(train_dataset)
-    if not path.is_file():
+
+    def make() -> dict:
         model, info = train_classifier(train_dataset, test_dataset, device="cpu", progress=progress)
-        state = {"state_dict": model.state_dict(), "classes": model.classes, "info": json.dumps(info)}
-        atomic_torch_save(state, path)
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+        return {"state_dict": model.state_dict(), "classes": model.classes, "info": json.dumps(info)}
+
+    saved = load_or_make(path, make)
     model = AttributeClassifier(saved["classes"])
     model.load_state_dict(saved["state_dict"])
     info = json.loads(saved["info"])

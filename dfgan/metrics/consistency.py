@@ -29,7 +29,7 @@ import torch
 from dfgan.data.vocab import pad_caption
 from dfgan.metrics.features import Extractor
 from dfgan.nn.text_encoders import DAMSMTextEncoder
-from dfgan.runs import atomic_torch_save, cache_dir
+from dfgan.runs import cache_dir, load_or_make
 from dfgan.spec import TextEncoderSpec
 from dfgan.text.encoders import cache_key
 from dfgan.text.image_encoders import IMAGE_ENCODERS
@@ -87,14 +87,15 @@ def damsm_pair(spec, train_dataset, *, device="cpu", progress: bool = False):
     te = evaluator_spec(spec)
     key = cache_key(te, train_dataset)
     path = cache_dir() / "damsm_eval" / f"damsm-pair-{key}.pt"
-    if not path.is_file():
+
+    def make() -> dict:
         text, info, image = pretrain_text_encoder(train_dataset, te, device="cpu", progress=progress,
                                                   return_image_encoder=True)
-        state = {"text_encoder": {k: v.cpu() for k, v in text.state_dict().items()},
-                 "image_encoder": {k: v.cpu() for k, v in image.state_dict().items()},
-                 "info": json.dumps({**info, "key": key})}
-        atomic_torch_save(state, path)
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+        return {"text_encoder": {k: v.cpu() for k, v in text.state_dict().items()},
+                "image_encoder": {k: v.cpu() for k, v in image.state_dict().items()},
+                "info": json.dumps({**info, "key": key})}
+
+    saved = load_or_make(path, make)
     info = json.loads(saved["info"])
     text = DAMSMTextEncoder(len(train_dataset.vocab), nhidden=te.embedding_dim)
     text.load_state_dict(saved["text_encoder"])

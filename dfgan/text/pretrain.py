@@ -52,7 +52,7 @@ def _collate(dataset, keys) -> dict[str, torch.Tensor]:
     }
 
 
-class _Sampler:
+class _PretrainBatches:
     """Seeded batches of distinct images (epoch-wise permutations), each with a random caption and subset seed.
     With ``pairs`` (attribute ids, name -> (N,)) each epoch is an ``epoch_order`` in pairs over ``vary``: a batch
     holds pairs of images that differ in one attribute only, hard negatives for the matching loss."""
@@ -148,7 +148,7 @@ def pretrain_text_encoder(
         params = [p for p in list(text_enc.parameters()) + list(img_enc.parameters()) if p.requires_grad]
         opt = torch.optim.Adam(params, lr=spec.pretrain_lr, betas=ADAM_BETAS)
         pairs = pretrain_sampler(spec, dataset) == "attribute_pairs"
-        sampler = _Sampler(len(dataset), dataset.captions_per_image, batch_size, seed,
+        sampler = _PretrainBatches(len(dataset), dataset.captions_per_image, batch_size, seed,
                            pairs=dataset.attribute_array() if pairs else None,
                            vary=dataset.always_named() if pairs else ())
         text_enc.train(), img_enc.train()

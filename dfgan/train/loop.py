@@ -50,7 +50,7 @@ class TrainResult:
     evaluation: dict[str, float] = field(default_factory=dict)
 
 
-def sample_captions(dataset, n: int = 8) -> list[str]:
+def grid_captions(dataset, n: int = 8) -> list[str]:
     """Fixed captions for sample grids: the dataset's demo captions, else the first caption of n images."""
     if hasattr(dataset, "demo_captions"):
         return list(dataset.demo_captions(n))
@@ -61,7 +61,7 @@ class SampleGrid:
     """Generates the same captions x the same truncated noise at every call, saves a labelled PNG."""
 
     def __init__(self, dataset, conditioner, z_dim: int, truncation: float, device, n_captions=8, n_noise=4):
-        self.captions = sample_captions(dataset, n_captions)
+        self.captions = grid_captions(dataset, n_captions)
         ids = [pad_caption(dataset.vocab.encode(c)[0]) for c in self.captions]
         self.caps = torch.stack([c for c, _ in ids])
         self.lens = torch.tensor([max(n, 1) for _, n in ids])
