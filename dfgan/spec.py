@@ -185,6 +185,9 @@ class Spec(_Strict):
             from dfgan.data.builtin import GENERATOR_VERSION
 
             d["data"]["generator_version"] = GENERATOR_VERSION
+        versions = computation_versions(self)
+        if versions:  # only where a fix changed what this spec computes (every other hash is unchanged)
+            d["computation_versions"] = versions
         return d
 
     def hash(self) -> str:
@@ -197,6 +200,22 @@ class Spec(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---- computations fixed since the first hashes -----------------------------------------------------------------
+# A fix that changes what an existing spec computes, with no field of the spec changing, gets a version here,
+# hashed (``Spec.experiment_dict``) only into the specs it applies to: their hash changes, every other's stays.
+OWN_PASS_PENALTY_PRECISION = 2  # MA-GP's other targets and r1 run their own D pass under the training autocast
+
+
+def computation_versions(spec: Spec) -> dict[str, int]:
+    """The versions of fixed computations that apply to ``spec`` (empty for a spec no fix changed)."""
+    out: dict[str, int] = {}
+    reg = spec.model.regulariser
+    own_pass = reg.name == "r1" or (reg.name == "ma_gp" and reg.target != "real_match")
+    if own_pass and spec.train.precision != "fp32":  # 'auto' counts: it is bf16 where bf16 is native
+        out["penalty_pass_precision"] = OWN_PASS_PENALTY_PRECISION
+    return out
 
 
 # ---- loading ------------------------------------------------------------------------------------------------
