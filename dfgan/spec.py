@@ -52,6 +52,10 @@ class FusionSpec(_Strict):
     # cross_attention only: resolutions (px) at which attention is used; other blocks fall back to `fallback`
     attention_resolutions: list[int] = Field(default_factory=lambda: [64, 128])
     fallback: str = "concat"
+    # cross_attention only: the sentence fed to the generator's input, as AttnGAN's first stage (fc(cat(c, z))),
+    # is c = AttnGAN's conditioning augmentation (CA_NET: a sampled 100-d code, KL term in the generator loss) when
+    # true, the sentence itself when false (default: no arm of DF-GAN's comparisons uses CA; dfgan.nn.fusion)
+    conditioning_augmentation: bool = False
 
 
 class TextEncoderSpec(_Strict):
@@ -181,13 +185,17 @@ class Spec(_Strict):
         for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads"):
             d["train"].pop(k)
         d["data"].pop("root")
+        if self.model.fusion.name != "cross_attention":  # read by cross_attention only: hashed only there
+            d["model"]["fusion"].pop("conditioning_augmentation")
         if self.data.name == "builtin":  # a new version of the generated data is a new experiment (study cells)
             from dfgan.data.builtin import GENERATOR_VERSION
 
             d["data"]["generator_version"] = GENERATOR_VERSION
-        versions = computation_versions(self)
-        if versions:  # only where a fix changed what this spec computes (every other hash is unchanged)
-            d["computation_versions"] = versions
+        for section, version in computation_versions(self).items():  # only where a fix changed what it computes
+            node = d
+            for part in section.split("."):
+                node = node[part]
+            node["computation_version"] = version
         return d
 
     def hash(self) -> str:
@@ -204,17 +212,18 @@ class Spec(_Strict):
 
 # ---- computations fixed since the first hashes -----------------------------------------------------------------
 # A fix that changes what an existing spec computes, with no field of the spec changing, gets a version here,
-# hashed (``Spec.experiment_dict``) only into the specs it applies to: their hash changes, every other's stays.
+# hashed (``Spec.experiment_dict``, as ``computation_version`` in the component's section) only into the specs
+# it applies to: their hash changes, every other spec's hash stays what it was.
 OWN_PASS_PENALTY_PRECISION = 2  # MA-GP's other targets and r1 run their own D pass under the training autocast
 
 
 def computation_versions(spec: Spec) -> dict[str, int]:
-    """The versions of fixed computations that apply to ``spec`` (empty for a spec no fix changed)."""
+    """``{section: version}`` of the fixed computations that apply to ``spec`` (empty if no fix changed it)."""
     out: dict[str, int] = {}
     reg = spec.model.regulariser
     own_pass = reg.name == "r1" or (reg.name == "ma_gp" and reg.target != "real_match")
     if own_pass and spec.train.precision != "fp32":  # 'auto' counts: it is bf16 where bf16 is native
-        out["penalty_pass_precision"] = OWN_PASS_PENALTY_PRECISION
+        out["model.regulariser"] = OWN_PASS_PENALTY_PRECISION
     return out
 
 

@@ -9,6 +9,7 @@ from benchmarks.harness import TrainWorkload, bench_spec, build_models
 from dfgan.nn.discriminators import DFGANDiscriminator
 from dfgan.nn.heads import OneWayHead
 from dfgan.nn.penalties import MAGP
+from dfgan.spec import load_spec
 
 
 def _nets():
@@ -123,3 +124,13 @@ def test_every_penalty_differentiates_a_pass_in_the_training_precision(variant):
     assert len(dtypes) == 2 + own_pass + 1  # real, fake, [penalty's own], generator step's fake
     assert set(dtypes) == {torch.bfloat16}, dtypes
     assert losses["d_gp"] > 0 and losses["d_gp"] == losses["d_gp"]
+
+
+def test_own_pass_penalties_and_only_they_carry_a_computation_version_in_the_hash():
+    """The fix changed what the own-pass penalties compute under bf16/auto: their spec hash changes, no other."""
+    for variant in ("magp_real_mismatch", "magp_fake_match", "magp_fake_mismatch", "r1"):
+        assert load_spec(variant).experiment_dict()["model"]["regulariser"]["computation_version"] == 2
+        fp32 = load_spec(variant, overrides=["train.precision=fp32"])  # nothing changed in fp32
+        assert "computation_version" not in fp32.experiment_dict()["model"]["regulariser"]
+    for variant in ("full", "magp_sum_norm", "no_magp"):
+        assert "computation_version" not in load_spec(variant).experiment_dict()["model"]["regulariser"]

@@ -95,6 +95,10 @@ class Stepper:
             out[name] = val
         return out
 
+    def _kl_loss(self) -> torch.Tensor | None:
+        take = getattr(self.gan.generator, "take_kl_loss", None)  # backbones without an input KL term lack it
+        return take() if take is not None else None
+
     def __call__(self, step: int, images, sentence, words, mask, noise) -> dict[str, float]:
         gan, reg = self.gan, self.reg
         sentence = sentence.detach()
@@ -144,6 +148,10 @@ class Stepper:
         with self.autocast():
             for s, (D, head) in enumerate(zip(gan.discriminators, gan.heads)):
                 loss_g = loss_g + head.g_loss(D(self._fmt(fakes[s])), sentence).float()
+        kl = self._kl_loss()
+        if kl is not None:  # AttnGAN's conditioning augmentation: its KL term, weight 1 (dfgan.nn.fusion)
+            loss_g = loss_g + kl
+            terms["g_kl"] = kl
         self._check(step, {"loss_g": loss_g})
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
