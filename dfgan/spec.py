@@ -61,7 +61,7 @@ class FusionSpec(_Strict):
 class TextEncoderSpec(_Strict):
     name: str = "damsm"
     checkpoint: str | None = None  # a DAMSM text_encoder*.pth or ours; None = pretrain on the dataset (cached)
-    embedding_dim: int = 256  # sentence/word vector size (DAMSM: 256)
+    embedding_dim: int = 256  # sentence/word vector size (DAMSM: 256; sentence_transformer: 384 = MiniLM native)
     pretrain_steps: int = Field(1500, ge=0)
     pretrain_batch_size: int = Field(64, ge=2)
     pretrain_lr: float = 2e-3
@@ -215,6 +215,8 @@ class Spec(_Strict):
 # hashed (``Spec.experiment_dict``, as ``computation_version`` in the component's section) only into the specs
 # it applies to: their hash changes, every other spec's hash stays what it was.
 OWN_PASS_PENALTY_PRECISION = 2  # MA-GP's other targets and r1 run their own D pass under the training autocast
+MINILM_NATIVE = 2  # sentence_transformer at the model's width: its own embedding, no longer a random rotation
+MINILM_WIDTH = 384  # all-MiniLM-L6-v2's sentence width (the packaged default model of sentence_transformer)
 
 
 def computation_versions(spec: Spec) -> dict[str, int]:
@@ -224,6 +226,9 @@ def computation_versions(spec: Spec) -> dict[str, int]:
     own_pass = reg.name == "r1" or (reg.name == "ma_gp" and reg.target != "real_match")
     if own_pass and spec.train.precision != "fp32":  # 'auto' counts: it is bf16 where bf16 is native
         out["model.regulariser"] = OWN_PASS_PENALTY_PRECISION
+    te = spec.model.text_encoder
+    if te.name == "sentence_transformer" and te.embedding_dim == MINILM_WIDTH:
+        out["model.text_encoder"] = MINILM_NATIVE
     return out
 
 
