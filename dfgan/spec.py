@@ -217,6 +217,9 @@ class Spec(_Strict):
 OWN_PASS_PENALTY_PRECISION = 2  # MA-GP's other targets and r1 run their own D pass under the training autocast
 MINILM_NATIVE = 2  # sentence_transformer at the model's width: its own embedding, no longer a random rotation
 MINILM_WIDTH = 384  # all-MiniLM-L6-v2's sentence width (the packaged default model of sentence_transformer)
+# real data's captions: the official tokenisation (ASCII filter after the \w+ split); the built-in captions are
+# ASCII, unchanged. Equal to dfgan.data.vocab.TOKENIZER_VERSION (not imported: this module stays free of torch)
+TOKENISATION = 2
 
 
 def computation_versions(spec: Spec) -> dict[str, int]:
@@ -229,6 +232,8 @@ def computation_versions(spec: Spec) -> dict[str, int]:
     te = spec.model.text_encoder
     if te.name == "sentence_transformer" and te.embedding_dim == MINILM_WIDTH:
         out["model.text_encoder"] = MINILM_NATIVE
+    if spec.data.name != "builtin":  # any real caption may hold non-ASCII characters
+        out["data"] = TOKENISATION
     return out
 
 
