@@ -291,9 +291,10 @@ class SentenceInput(nn.Module):
 
     ``augmentation`` on: ``c`` is the CA code (``ConditioningAugmentation``, CA_DIM = 100) and ``kl`` the KL term
     of the last training forward, which the training step adds to the generator loss (weight 1, as AttnGAN;
-    ``take_kl``). Off: ``c``
-    is the sentence vector itself and there is no KL term. The backbone keeps its own ``fc`` (DF-GAN's Linear to the
-    4x4 map, not AttnGAN's Linear + BN + GLU), so that only how the text enters differs between the arms.
+    ``take_kl``). Off (the default, ``model.fusion.conditioning_augmentation``): ``c`` is the sentence vector
+    itself and there is no KL term, since no other arm of DF-GAN's comparisons uses CA. The backbone keeps its own
+    ``fc`` (DF-GAN's Linear to the 4x4 map, not AttnGAN's Linear + BN + GLU), so that only how the text enters
+    differs between the arms.
     """
 
     def __init__(self, sentence_dim: int, augmentation: bool = False):
