@@ -53,12 +53,16 @@ class FusionSpec(_Strict):
     # cross_attention only: resolutions (px) at which attention is used; other blocks fall back to `fallback`
     attention_resolutions: list[int] = Field(default_factory=lambda: [64, 128])
     fallback: str = "concat"
+    # cross_attention only: the sentence fed to the generator's input, as AttnGAN's first stage (fc(cat(c, z))),
+    # is c = AttnGAN's conditioning augmentation (CA_NET: a sampled 100-d code, KL term in the generator loss) when
+    # true, the sentence itself when false (default: no arm of DF-GAN's comparisons uses CA; dfgan.nn.fusion)
+    conditioning_augmentation: bool = False
 
 
 class TextEncoderSpec(_Strict):
     name: str = "damsm"
     checkpoint: str | None = None  # a DAMSM text_encoder*.pth or ours; None = pretrain on the dataset (cached)
-    embedding_dim: int = 256  # sentence/word vector size (DAMSM: 256)
+    embedding_dim: int = 256  # sentence/word vector size (DAMSM: 256; sentence_transformer: 384 = MiniLM native)
     pretrain_steps: int = Field(1500, ge=0)
     pretrain_batch_size: int = Field(64, ge=2)
     pretrain_lr: float = 2e-3
@@ -187,6 +191,13 @@ class Spec(_Strict):
         for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads"):
             d["train"].pop(k)
         d["data"].pop("root")
+        if self.model.fusion.name != "cross_attention":  # read by cross_attention only: hashed only there
+            d["model"]["fusion"].pop("conditioning_augmentation")
+        for section, version in computation_versions(self).items():  # only where a fix changed what it computes
+            node = d
+            for part in section.split("."):
+                node = node[part]
+            node["computation_version"] = version
         return d
 
     def flat(self) -> dict[str, Any]:
@@ -200,6 +211,33 @@ def hash_identity(identity: dict[str, Any]) -> str:
     """The 16-hex-digit hash of an identity dict (stable across runs, hosts and log settings)."""
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---- computations fixed since the first hashes -----------------------------------------------------------------
+# A fix that changes what an existing spec computes, with no field of the spec changing, gets a version here,
+# hashed (``Spec.experiment_dict``, as ``computation_version`` in the component's section) only into the specs
+# it applies to: their hash changes, every other spec's hash stays what it was.
+OWN_PASS_PENALTY_PRECISION = 2  # MA-GP's other targets and r1 run their own D pass under the training autocast
+MINILM_NATIVE = 2  # sentence_transformer at the model's width: its own embedding, no longer a random rotation
+MINILM_WIDTH = 384  # all-MiniLM-L6-v2's sentence width (the packaged default model of sentence_transformer)
+# real data's captions: the official tokenisation (ASCII filter after the \w+ split); the built-in captions are
+# ASCII, unchanged. Equal to dfgan.data.vocab.TOKENIZER_VERSION (not imported: this module stays free of torch)
+TOKENISATION = 2
+
+
+def computation_versions(spec: Spec) -> dict[str, int]:
+    """``{section: version}`` of the fixed computations that apply to ``spec`` (empty if no fix changed it)."""
+    out: dict[str, int] = {}
+    reg = spec.model.regulariser
+    own_pass = reg.name == "r1" or (reg.name == "ma_gp" and reg.target != "real_match")
+    if own_pass and spec.train.precision != "fp32":  # 'auto' counts: it is bf16 where bf16 is native
+        out["model.regulariser"] = OWN_PASS_PENALTY_PRECISION
+    te = spec.model.text_encoder
+    if te.name == "sentence_transformer" and te.embedding_dim == MINILM_WIDTH:
+        out["model.text_encoder"] = MINILM_NATIVE
+    if spec.data.name != "builtin":  # any real caption may hold non-ASCII characters
+        out["data"] = TOKENISATION
+    return out
 
 
 # ---- loading ------------------------------------------------------------------------------------------------

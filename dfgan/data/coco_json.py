@@ -44,7 +44,7 @@ from dfgan.data.file_dataset import (
     require_root,
     sha16,
 )
-from dfgan.data.vocab import Vocab, tokenize
+from dfgan.data.vocab import TOKENIZER_VERSION, Vocab, tokenize
 from dfgan.registry import DATASETS
 from dfgan.runs import atomic_write_bytes
 
@@ -106,7 +106,7 @@ def _parsed(root: Path, year: str, problems: Problems, notes: list[str]):
                      "is built from both)")
     if missing:
         return None
-    key = sha16({"version": _PARSE_VERSION, "k": CAPTIONS_PER_IMAGE,
+    key = sha16({"version": _PARSE_VERSION, "tokenizer": TOKENIZER_VERSION, "k": CAPTIONS_PER_IMAGE,
                  "files": [file_signature(p, root) for p in paths.values()]})
     cached = derived_cache(f"coco_json-{root.name}-{year}", key)
     if cached.is_file():

@@ -49,7 +49,7 @@ from dfgan.data.file_dataset import (
     require_root,
     sha16,
 )
-from dfgan.data.vocab import Vocab
+from dfgan.data.vocab import TOKENIZER_VERSION, Vocab
 from dfgan.registry import DATASETS
 from dfgan.runs import atomic_write_bytes
 
@@ -136,7 +136,7 @@ def _build_from_text(root: Path, keys: dict, k: int, problems: Problems, notes: 
         return None
     listed = {s: keys[s] or [] for s in SPLITS}
     sigs = [file_signature(text_dir / f"{key}.txt", root) for s in SPLITS for key in listed[s]]
-    key = sha16({"k": k, "version": _BUILD_VERSION, "files": sigs})
+    key = sha16({"k": k, "version": _BUILD_VERSION, "tokenizer": TOKENIZER_VERSION, "files": sigs})
     cached = derived_cache(f"captions_DAMSM-{root.name}", key)
     if cached.is_file():
         try:

@@ -1,8 +1,14 @@
 """Vocabulary and caption encoding, identical to the official DF-GAN/AttnGAN preprocessing.
 
-Captions are lower-cased and tokenised on ``\\w+`` (ASCII only); id 0 is ``<end>`` and is used only as
-padding; captions are padded to ``MAX_WORDS`` = 18 tokens, and a longer caption keeps a random ordered
-subset of 18 tokens (DF-GAN ``get_caption``).
+Tokenisation (``tokenize``) is the official one (DF-GAN ``code/lib/datasets.py:TextImgDataset.load_captions``,
+AttnGAN ``code/datasets.py:load_captions``), step by step: every ``"\\ufffd\\ufffd"`` becomes a space; the caption
+is lower-cased (``str.lower``, full Unicode); it is split into the ``\\w+`` runs of nltk's
+``RegexpTokenizer(r'\\w+')`` (``re.findall`` with ``re.UNICODE | re.MULTILINE | re.DOTALL``: Unicode word
+characters, so "’" and "—" separate words while "é" belongs to one); then each token loses its non-ASCII
+characters (``encode('ascii', 'ignore')``) and a token left empty is dropped. So "bird’s" gives ``bird``, ``s``,
+"café" gives ``caf`` and "日本" nothing. ASCII text (the built-in data's) tokenises as a plain lower-cased
+``[A-Za-z0-9_]+`` split. Id 0 is ``<end>`` and is used only as padding; captions are padded to ``MAX_WORDS`` =
+18 tokens, and a longer caption keeps a random ordered subset of 18 tokens (DF-GAN ``get_caption``).
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ import torch
 
 MAX_WORDS = 18  # DF-GAN/AttnGAN cfg.TEXT.WORDS_NUM
 END_TOKEN = "<end>"  # id 0, padding only
-_TOKEN = re.compile(r"\w+")
+# nltk RegexpTokenizer's default flags; its tokenize() is this pattern's findall (no nltk dependency needed)
+_TOKEN = re.compile(r"\w+", re.UNICODE | re.MULTILINE | re.DOTALL)
+TOKENIZER_VERSION = 2  # 2: ASCII filter per token after the \w+ split (1 filtered the caption first); cache keys
 
 
 def tokenize(caption: str) -> list[str]:
-    """Lower-case ``\\w+`` tokens, non-ASCII characters dropped (the official preprocessing)."""
-    caption = caption.replace("\ufffd\ufffd", " ").encode("ascii", "ignore").decode("ascii")
-    return _TOKEN.findall(caption.lower())
+    """The official tokenisation (module docstring): lower-case, ``\\w+`` runs, then ASCII only per token."""
+    tokens = _TOKEN.findall(caption.replace("\ufffd\ufffd", " ").lower())
+    return [a for a in (t.encode("ascii", "ignore").decode("ascii") for t in tokens) if a]
 
 
 @dataclass

@@ -5,11 +5,14 @@ word_dim=..., resolution=...)`` and called as ``block(x, cond, words=None, mask=
 generator's condition vector (B, cond_dim), ``words`` the word embeddings (B, word_dim, T) and ``mask`` (B, T)
 is True at padding positions. Registered: ``dfblock`` (DF-GAN), ``affine1``, ``dfblock_deep`` (depth study),
 ``cbn`` (conditional batch norm), ``concat`` (StackGAN-style tiling) and ``cross_attention`` (AttnGAN).
+A fusion whose blocks do not all take the sentence (``cross_attention``) also gives the generator's input the
+sentence, as AttnGAN's first stage does (``generator_input``, ``SentenceInput``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dfgan.registry import FUSIONS
@@ -208,7 +211,8 @@ class CrossAttentionFusion(nn.Module):
 
     AttnGAN's later stages concatenate the word-context map to the hidden features and process the 2C
     channels (``NEXT_STAGE_G``); here one 'joint' 3x3 conv + LeakyReLU(0.2) maps them back to C, so the block
-    is a drop-in replacement for a DFBlock. Uses only the word embeddings (as AttnGAN's later stages).
+    is a drop-in replacement for a DFBlock. The block uses only the word embeddings (as AttnGAN's later
+    stages); the sentence reaches the features through the generator's input (``SentenceInput``), as in AttnGAN.
     """
 
     def __init__(self, word_dim: int, channels: int):
@@ -228,7 +232,9 @@ class CrossAttentionFusion(nn.Module):
 def cross_attention(cond_dim: int, channels: int, spec=None, word_dim: int = 256, resolution: int | None = None,
                     **_: object) -> nn.Module:
     """AttnGAN's word-region cross-modal attention at ``model.fusion.attention_resolutions`` (px), and the
-    ``model.fusion.fallback`` fusion (default ``concat``) at every other resolution (AttnGAN, CVPR 2018)."""
+    ``model.fusion.fallback`` fusion (default ``concat``) at every other resolution (AttnGAN, CVPR 2018). The
+    generator's input also takes the sentence (``generator_input``), with ``model.fusion.conditioning_augmentation``
+    AttnGAN's CA on it."""
     spec = spec or FusionSpec(name="cross_attention")
     if resolution in spec.attention_resolutions:
         return CrossAttentionFusion(word_dim, channels)
@@ -249,3 +255,70 @@ def check_attention_used(fusion_spec, resolutions: list[int]) -> None:
             f"at these resolutions (its blocks work at {sorted(set(resolutions))} px), so cross_attention "
             "would never attend; list at least one of those resolutions"
         )
+
+
+# ---- the sentence at the generator's input: AttnGAN's first stage ------------------------------------------------
+CA_DIM = 100  # AttnGAN cfg.GAN.CONDITION_DIM: the size of the conditioning-augmentation code
+
+
+class ConditioningAugmentation(nn.Module):
+    """AttnGAN's conditioning augmentation (StackGAN's CA; AttnGAN ``code/model.py:CA_NET``, paper Sec. 3).
+
+    ``fc`` = Linear(sentence, 4 * CA_DIM) -> GLU gives ``mu`` and ``logvar`` (CA_DIM each); the code is
+    ``mu + eps * exp(logvar / 2)``, eps ~ N(0, I), and ``kl`` = mean(-(1 + logvar - mu^2 - exp(logvar)) / 2), the
+    KL divergence to N(0, I) that AttnGAN adds to the generator loss with weight 1 (``trainer.py``, ``KL_loss``).
+    While sampling (eval mode) the code is ``mu``: AttnGAN draws eps there too, the mean keeps a sample a function
+    of noise and caption as in every other arm. ``mu``, ``logvar`` and ``kl`` are fp32 under autocast.
+    """
+
+    def __init__(self, sentence_dim: int, c_dim: int = CA_DIM):
+        super().__init__()
+        self.c_dim = c_dim
+        self.fc = nn.Linear(sentence_dim, 4 * c_dim)
+
+    def forward(self, sentence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = F.glu(self.fc(sentence), dim=1).float().split(self.c_dim, dim=1)
+        kl = (mu.pow(2) + logvar.exp() - 1 - logvar).mean() / 2
+        if not self.training:
+            return mu, kl
+        return mu + torch.randn_like(mu) * (logvar / 2).exp(), kl
+
+
+class SentenceInput(nn.Module):
+    """The generator's input ``cat(c, z)`` with ``c`` the sentence: AttnGAN's first stage (``code/model.py``:
+    ``G_NET`` computes ``c = CA_NET(sentence)`` and ``INIT_STAGE_G`` maps ``fc(cat(c, z))``), paper Sec. 3.
+
+    ``augmentation`` on: ``c`` is the CA code (``ConditioningAugmentation``, CA_DIM = 100) and ``kl`` the KL term
+    of the last training forward, which the training step adds to the generator loss (weight 1, as AttnGAN;
+    ``take_kl``). Off (the default, ``model.fusion.conditioning_augmentation``): ``c`` is the sentence vector
+    itself and there is no KL term, since no other arm of DF-GAN's comparisons uses CA. The backbone keeps its own
+    ``fc`` (DF-GAN's Linear to the 4x4 map, not AttnGAN's Linear + BN + GLU), so that only how the text enters
+    differs between the arms.
+    """
+
+    def __init__(self, sentence_dim: int, augmentation: bool = False):
+        super().__init__()
+        self.ca = ConditioningAugmentation(sentence_dim) if augmentation else None
+        self.out_dim = CA_DIM if augmentation else sentence_dim
+        self.kl: torch.Tensor | None = None
+
+    def forward(self, noise: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        c = sentence
+        if self.ca is not None:
+            c, kl = self.ca(sentence)
+            self.kl = kl if self.training else None
+        return torch.cat((c.to(noise.dtype), noise), dim=1)
+
+    def take_kl(self) -> torch.Tensor | None:
+        """The KL term of the last training forward, handed over once (None without CA)."""
+        kl, self.kl = self.kl, None
+        return kl
+
+
+def generator_input(fusion_spec, sentence_dim: int) -> SentenceInput | None:
+    """The sentence input a fusion needs at the generator's ``fc``: ``cross_attention`` (its attention blocks
+    never see the sentence; AttnGAN feeds it at the input), ``model.fusion.conditioning_augmentation`` for CA;
+    None for every other fusion (each of their blocks takes ``cat(noise, sentence)``, DF-GAN's ``fc`` only noise)."""
+    if fusion_spec is None or fusion_spec.name != "cross_attention":
+        return None
+    return SentenceInput(sentence_dim, augmentation=fusion_spec.conditioning_augmentation)

@@ -3,7 +3,10 @@
 Every backbone is built as ``BACKBONES.build(name, model=ModelSpec, imsize=..., cond_dim=..., word_dim=...)``,
 has ``stage_sizes`` (resolutions of the images it emits, smallest first) and is called as
 ``G(noise, sentence, words=None, mask=None)``; it returns one image tensor when it has one stage, else a
-list of images, one per stage.
+list of images, one per stage. ``fc`` takes the noise (DF-GAN); with a fusion whose blocks do not take the
+sentence (``cross_attention``) it takes ``cat(c, noise)``, ``c`` the sentence or its conditioning-augmentation
+code (AttnGAN's first stage; ``dfgan.nn.fusion.generator_input``), and ``take_kl_loss()`` hands the training
+step that code's KL term.
 """
 
 from __future__ import annotations
@@ -13,9 +16,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfgan.nn.channels import generator_pairs
-from dfgan.nn.fusion import LRELU_SLOPE, check_attention_used
+from dfgan.nn.fusion import LRELU_SLOPE, check_attention_used, generator_input
 from dfgan.registry import BACKBONES, FUSIONS
 from dfgan.spec import FusionSpec
+
+
+class SentenceAtInput:
+    """What both backbones share: ``fc``'s input (the noise, or ``cat(c, noise)`` where the fusion needs the
+    sentence there) and the hand-over of a conditioning-augmentation KL term."""
+
+    sentence_input: nn.Module | None
+
+    def fc_input(self, noise: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        return noise if self.sentence_input is None else self.sentence_input(noise, sentence)
+
+    def take_kl_loss(self) -> torch.Tensor | None:
+        """The conditioning-augmentation KL term of the last training forward (None without CA), once."""
+        return None if self.sentence_input is None else self.sentence_input.take_kl()
 
 
 def make_fusion(fusion_spec, cond_dim: int, channels: int, word_dim: int, resolution: int) -> nn.Module:
@@ -64,11 +81,12 @@ class GBlock(nn.Module):
         return self.shortcut(x) + self.residual(x, cond, words, mask, modulation)
 
 
-class OneStageGenerator(nn.Module):
+class OneStageGenerator(SentenceAtInput, nn.Module):
     """DF-GAN's one-stage generator (paper Sec. 3.1, official ``NetG``).
 
     ``fc`` maps the noise to a 4x4 map with 8nf channels; a stack of ``GBlocks`` doubles the resolution each
     time, every fusion block conditioned on ``cat(noise, sentence)``; ``to_rgb`` is LReLU -> 3x3 conv -> tanh.
+    With ``cross_attention`` ``fc`` maps ``cat(c, noise)`` instead (module docstring).
     """
 
     def __init__(self, nf: int = 32, z_dim: int = 100, cond_dim: int = 256, imsize: int = 256,
@@ -77,7 +95,8 @@ class OneStageGenerator(nn.Module):
         fusion_spec = fusion_spec or FusionSpec()
         self.nf, self.z_dim, self.cond_dim, self.imsize = nf, z_dim, cond_dim, imsize
         self.stage_sizes = [imsize]
-        self.fc = nn.Linear(z_dim, nf * 8 * 4 * 4)
+        self.sentence_input = generator_input(fusion_spec, cond_dim)
+        self.fc = nn.Linear(z_dim + (self.sentence_input.out_dim if self.sentence_input else 0), nf * 8 * 4 * 4)
         blocks, res = [], 4
         for in_ch, out_ch in generator_pairs(nf, imsize):
             res *= 2
@@ -91,7 +110,7 @@ class OneStageGenerator(nn.Module):
 
     def forward(self, noise, sentence, words=None, mask=None):
         cond = torch.cat((noise, sentence), dim=1)
-        out = self.fc(noise).view(noise.size(0), 8 * self.nf, 4, 4)
+        out = self.fc(self.fc_input(noise, sentence)).view(noise.size(0), 8 * self.nf, 4, 4)
         mods = self.modulator(cond) if self.modulator is not None else None
         for i, block in enumerate(self.GBlocks):
             out = block(out, cond, words, mask, None if mods is None else mods[i])
@@ -114,7 +133,7 @@ def stacked_stage_sizes(imsize: int) -> list[int]:
     return [imsize // 2 ** (STACKED_STAGES - 1 - s) for s in range(STACKED_STAGES)]
 
 
-class StackedGenerator(nn.Module):
+class StackedGenerator(SentenceAtInput, nn.Module):
     """A StackGAN++/AttnGAN-style stacked generator (the backbone DF-GAN's one-stage design replaces, Sec. 3.1).
 
     Stage 1 maps the noise through ``fc`` and up-sampling blocks to imsize/4 and emits an image there; each
@@ -125,6 +144,7 @@ class StackedGenerator(nn.Module):
     entry of ``stage_sizes``). To keep the fusion axis orthogonal, the blocks are DF-GAN's ``GBlock`` with the
     spec's fusion, conditioned on ``cat(noise, sentence)``, and the channel schedule is the one-stage one; the
     stacked design adds the intermediate images, their discriminators and the per-stage residual blocks.
+    With ``cross_attention`` ``fc`` maps ``cat(c, noise)`` as AttnGAN's ``INIT_STAGE_G`` (module docstring).
     ``GBlocks`` lists every block in forward order; ``stage_ends[s]`` is the index of stage s's last block.
     """
 
@@ -139,7 +159,8 @@ class StackedGenerator(nn.Module):
         self.nf, self.z_dim, self.cond_dim, self.imsize = nf, z_dim, cond_dim, imsize
         self.stage_sizes = stacked_stage_sizes(imsize)
         cdim = z_dim + cond_dim
-        self.fc = nn.Linear(z_dim, nf * 8 * 4 * 4)
+        self.sentence_input = generator_input(fusion_spec, cond_dim)
+        self.fc = nn.Linear(z_dim + (self.sentence_input.out_dim if self.sentence_input else 0), nf * 8 * 4 * 4)
         n_first = len(pairs) - (STACKED_STAGES - 1)  # up-sampling blocks of stage 1 (4 px -> imsize/4)
         blocks, res, ends, rgb_ch = [], 4, [], []
         for i, (in_ch, out_ch) in enumerate(pairs):
@@ -162,7 +183,7 @@ class StackedGenerator(nn.Module):
 
     def forward(self, noise, sentence, words=None, mask=None) -> list[torch.Tensor]:
         cond = torch.cat((noise, sentence), dim=1)
-        out = self.fc(noise).view(noise.size(0), 8 * self.nf, 4, 4)
+        out = self.fc(self.fc_input(noise, sentence)).view(noise.size(0), 8 * self.nf, 4, 4)
         mods = self.modulator(cond) if self.modulator is not None else None
         images = []
         for i, block in enumerate(self.GBlocks):

@@ -6,15 +6,34 @@ A regulariser is built as ``REGULARISERS.build(name, spec=RegulariserSpec)`` and
 ``reuses_real_output`` is true, the training step makes ``real`` and ``sentence`` leaves that require grad
 before computing ``out_real = head.cond_score(D(real), sentence)`` and passes that output in (DF-GAN reuses
 the real/matching logit of the adversarial loss instead of a second discriminator pass).
+
+Precision and pass structure, the same for every regulariser: the discriminator pass that a penalty
+differentiates runs in the training precision, and the gradients, their norm and the penalty are taken outside
+autocast in fp32. The training step passes its autocast as ``autocast`` (a callable returning a context
+manager; bf16 under ``train.precision=bf16``, or ``auto`` resolved to bf16): ``real_match`` reuses the
+adversarial pass, which ran under it; every other MA-GP target and ``r1`` run their own pass under it. So
+the two paths differ only in whether the pass is shared, and give the same penalty for the same inputs (both
+in fp32 and in bf16; ``tests/test_magp.py``): comparing regularisers does not also compare precisions.
+Without ``autocast`` (the default) an own pass runs in fp32.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import autograd
 
 from dfgan.nn.heads import roll_batch
 from dfgan.registry import REGULARISERS
+
+Autocast = Callable[[], contextlib.AbstractContextManager] | None
+
+
+def training_precision(autocast: Autocast) -> contextlib.AbstractContextManager:
+    """The context of a penalty's own discriminator pass: the training step's autocast, or none (fp32)."""
+    return autocast() if autocast is not None else contextlib.nullcontext()
 
 
 class MAGP:
@@ -37,17 +56,20 @@ class MAGP:
             return torch.cat((gi, gs), dim=1).pow(2).sum(1).sqrt()
         return gi.pow(2).sum(1).sqrt() + gs.pow(2).sum(1).sqrt()
 
-    def __call__(self, *, D, head, real, fake, sentence, out_real=None) -> torch.Tensor:
+    def __call__(self, *, D, head, real, fake, sentence, out_real=None, autocast: Autocast = None) -> torch.Tensor:
+        """``out_real``: the adversarial pass's real/matching logit, reused for ``real_match``; ``autocast``: the
+        training step's precision, under which an own pass runs (module docstring)."""
         if self.reuses_real_output and out_real is not None:
             image, sent, out = real, sentence, out_real
         else:
             src = real if self.target.startswith("real") else fake
-            image = src.detach().float().requires_grad_(True)  # fakes are bf16 under autocast; D is fp32
+            image = src.detach().float().requires_grad_(True)  # an fp32 leaf, as the reused pass's real images
             sent = sentence.detach()
             if self.target.endswith("mismatch"):
                 sent = roll_batch(sent)
             sent = sent.requires_grad_(True)
-            out = head.cond_score(D(image), sent)
+            with training_precision(autocast):
+                out = head.cond_score(D(image), sent)
         return self.k * self.grad_norm(out, image, sent).pow(self.p).mean()
 
 
@@ -80,7 +102,8 @@ class ImageGP:
     for the two-way head. No gradient w.r.t. the text: the control for MA-GP's text term. With p = 2 and
     k = gamma / 2 it is R1 exactly; the ``r1`` variant keeps DF-GAN's k = 2, p = 6 so that it differs from
     MA-GP only in ignoring the sentence (``target`` and ``norm`` do not apply). It makes its own discriminator
-    pass on the real batch (it cannot reuse the conditional logit of the adversarial loss).
+    pass on the real batch (it cannot reuse the conditional logit of the adversarial loss), in the training
+    precision like every other penalty (module docstring).
     """
 
     reuses_real_output = False
@@ -88,9 +111,10 @@ class ImageGP:
     def __init__(self, k: float = 2.0, p: float = 6.0):
         self.k, self.p = k, p
 
-    def __call__(self, *, D, head, real, fake, sentence, out_real=None) -> torch.Tensor:
+    def __call__(self, *, D, head, real, fake, sentence, out_real=None, autocast: Autocast = None) -> torch.Tensor:
         image = real.detach().float().requires_grad_(True)
-        out = head.realness_score(D(image), sentence.detach())
+        with training_precision(autocast):
+            out = head.realness_score(D(image), sentence.detach())
         (g,) = autograd.grad(out.sum(), (image,), create_graph=True)
         return self.k * g.float().flatten(1).pow(2).sum(1).sqrt().pow(self.p).mean()
 

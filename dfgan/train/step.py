@@ -4,7 +4,9 @@ generator step.
 The generator runs once per step; the discriminator step uses the fake images detached, the generator step
 reuses them with the updated discriminator (as the official code does). Works for any backbone (one image
 or a list of stage images, each judged by its own discriminator and head; losses summed over stages), any
-head and any regulariser.
+head and any regulariser. Under ``precision="bf16"`` the networks run under autocast, the regulariser's own
+discriminator pass included (``dfgan.nn.penalties``: one precision for every penalty); losses, penalty norms
+and the optimisers stay in fp32.
 """
 
 from __future__ import annotations
@@ -93,6 +95,10 @@ class Stepper:
             out[name] = val
         return out
 
+    def _kl_loss(self) -> torch.Tensor | None:
+        take = getattr(self.gan.generator, "take_kl_loss", None)  # backbones without an input KL term lack it
+        return take() if take is not None else None
+
     def __call__(self, step: int, images, sentence, words, mask, noise) -> dict[str, float]:
         gan, reg = self.gan, self.reg
         sentence = sentence.detach()
@@ -116,7 +122,10 @@ class Stepper:
                 f_fake = D(self._fmt(fakes[s].detach()))
                 out_real = head.cond_score(f_real, sent).float()
                 d = head.d_loss(f_real, f_fake, sent, out_real)
-            gp = reg(D=D, head=head, real=real, fake=fakes[s], sentence=sent, out_real=out_real)
+            # outside autocast: gradients and norm in fp32; an own pass of the penalty runs under self.autocast,
+            # as the reused one did (dfgan.nn.penalties: one precision for every regulariser)
+            gp = reg(D=D, head=head, real=real, fake=fakes[s], sentence=sent, out_real=out_real,
+                     autocast=self.autocast)
             loss_d = loss_d + d["total"] + (gp if gp is not None else 0.0)
             suffix = "" if len(gan.heads) == 1 else f"_s{s}"
             for k, v in d.items():
@@ -139,6 +148,10 @@ class Stepper:
         with self.autocast():
             for s, (D, head) in enumerate(zip(gan.discriminators, gan.heads)):
                 loss_g = loss_g + head.g_loss(D(self._fmt(fakes[s])), sentence).float()
+        kl = self._kl_loss()
+        if kl is not None:  # AttnGAN's conditioning augmentation: its KL term, weight 1 (dfgan.nn.fusion)
+            loss_g = loss_g + kl
+            terms["g_kl"] = kl
         self._check(step, {"loss_g": loss_g})
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
