@@ -2,7 +2,7 @@
 
     .venv/bin/python reports/make_nop_table.py [--nf 32] [--imsize 256] [--out reports/nop_variants.md]
 
-Counts come from ``dfgan.metrics.nop.spec_nop`` (networks built on the meta device: nothing is allocated or
+Counts come from ``dfgan.experiment.spec_nop`` (networks built on the meta device: nothing is allocated or
 trained), the same numbers ``dfgan params --variant V --json`` prints. The table groups the variants as the
 study does: the cumulative rows of the paper's component table, then single removals, fusion alternatives,
 MA-GP alternatives and the text encoder.
@@ -130,7 +130,9 @@ def render(data: list[dict], nf: int, imsize: int) -> str:
             f"{m(ca['G_fusion'])} vs {m(df['G_fusion'])} ({ca['G_fusion'] / df['G_fusion']:.2f}x). Of "
             f"cross-attention's fusion weights, {m(ca['G_attention'])} are the word projections of the attention "
             "itself; the rest are the 3x3 joint convolutions that mix the word context back into the features "
-            "(2C -> C) and the concat fallback above 128 px. Attention's cost in compute and memory grows with "
+            "(2C -> C) and the concat fallback above 128 px. Outside the fusion blocks, G's first layer is "
+            f"{m(ca['G'] - ca['G_fusion'] - (df['G'] - df['G_fusion']))} larger: as in AttnGAN's first stage, its "
+            "fc takes the sentence with the noise. Attention's cost in compute and memory grows with "
             "the number of regions, which the benchmarks measure; this table counts weights only.")
     b, f = by.get("baseline"), by["full"]
     if b:
