@@ -125,8 +125,7 @@ class TrainSpec(_Strict):
     sampler: Literal["auto", "random", "attribute_pairs"] = "auto"
     # the attributes a pair may differ in (each pair: one of them, drawn uniformly); only attributes that every
     # caption names (builtin: colour, shape, count). Default shape: random mismatches already differ in colour
-    # and count, and the built-in data's `full` follows those without pairs but not shape (README: "How the
-    # built-in data was made to show shape")
+    # and count, and the built-in data's `full` follows those without pairs but not shape (docs/lab-notes.md)
     pair_attributes: list[str] = Field(default_factory=lambda: ["shape"], min_length=1)
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads (None = torch default)

@@ -2,8 +2,8 @@
 
 Shown beside our numbers, never mixed into our columns: they were measured on CUB/COCO at 256 px with the
 paper's own FID protocol (and an IS model fine-tuned on CUB that is no longer available), while our studies
-run on whatever data and protocol their tags record. Values as collected in the project's reference notes on
-DF-GAN (Sec. 6, "Evaluation protocol and published numbers"), which cite the paper and the official README.
+run on whatever data and protocol their tags record. Values from the DF-GAN paper (Tables 1-2) and the official
+repository's README (tobran/DF-GAN), as each entry's source says.
 """
 
 from __future__ import annotations
