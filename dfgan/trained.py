@@ -17,6 +17,7 @@ from dfgan.metrics.evaluate import ClientSink, EvalOptions, evaluate
 from dfgan.metrics.nop import nop_report
 from dfgan.metrics.registry import metrics as metric_defs
 from dfgan.noise import truncated_noise
+from dfgan.spec import AUTO_METRICS
 
 
 def _say(msg: str) -> None:
@@ -24,9 +25,11 @@ def _say(msg: str) -> None:
 
 
 def default_metrics(spec) -> list[str]:
-    """Metrics ``dfgan eval`` computes when neither ``--metrics`` nor ``spec.eval.metrics`` name any."""
-    if spec.data.name == "builtin":
-        return ["attr_acc", "fd_attr", "rprec_damsm"]
+    """Metrics ``dfgan eval`` computes when neither ``--metrics`` nor ``spec.eval.metrics`` name any: the dataset's
+    own end-of-training metrics (``dfgan.spec.AUTO_METRICS``) and DAMSM R-precision; Inception metrics on real
+    data, whose training evaluates none by default."""
+    if spec.data.name in AUTO_METRICS:
+        return [*AUTO_METRICS[spec.data.name], "rprec_damsm"]
     return ["fid30k_test_clean", "kid_test_clean", "is_test", "rprec_damsm"]
 
 
