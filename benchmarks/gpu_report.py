@@ -13,7 +13,7 @@ from benchmarks.report import cell, md_table, pct
 PART_TITLES = {
     "peak": "device peak (matmul, 3x3 convolution)",
     "throughput": "training and sampling throughput",
-    "hires": "512 px against 256 px",
+    "hires": "larger images: cost and memory per image",
     "fid": "FID end to end",
     "tests": "test suite on the device",
     "compile": "torch.compile and CUDA graphs",
@@ -127,10 +127,20 @@ def fid_section(results: dict) -> str:
                        r.get("frechet_s"), r.get("total_s"), r.get("images_per_s"),
                        r.get("fid") if r.get("fid") is not None else i.get("value_note"), _status_cell(r)]])
     checked = i.get("real_inception_checked")
+    if i.get("extractor_error"):
+        table += f"\n\nThe Inception weights found did not load or run: {i['extractor_error']}."
     return (f"Extractor: {src}; value: {i.get('value_note')}. Generation of `full` at {i.get('imsize')} px, bf16, "
             f"batch {i.get('batch')}; {i.get('n_reference')} reference images drawn and featured first "
             f"(untimed: {cell(i.get('reference_s'))} s). Fréchet distance: {r.get('frechet_method')}.\n\n" + table
             + (f"\n\nReal Inception loaded and checked: {checked}." if checked else ""))
+
+
+def _safe(section, results: dict) -> str:
+    """A section, or why it could not be written (the report is written whatever a part left behind)."""
+    try:
+        return section(results)
+    except Exception as e:  # noqa: BLE001
+        return f"(this section could not be written: {type(e).__name__}: {e}; the JSON beside it has the data)"
 
 
 def render(results: dict) -> str:
@@ -158,7 +168,7 @@ def render(results: dict) -> str:
         "",
         "## Device peak",
         "",
-        peak_section(results),
+        _safe(peak_section, results),
         "",
         f"## Throughput of `full` at {s['imsize']} px, batch {s['batch']}",
         "",
@@ -171,21 +181,21 @@ def render(results: dict) -> str:
         "was allocated before it, per image. Training is not captured as a CUDA graph: the Stepper checks the "
         "losses on the host every step (a sync that capture cannot hold).",
         "",
-        throughput_table(results, tp) if tp else "No throughput results.",
+        _safe(lambda r: throughput_table(r, tp), results) if tp else "No throughput results.",
         "",
         f"## {s['hires']} px against {s['imsize']} px",
         "",
         "Per image, the same configuration at both sizes (cost ratio 4 = linear in pixels).",
         "",
-        hires_table(results) if _rows(results, "hires") else "No 512 px results.",
+        _safe(hires_table, results) if _rows(results, "hires") else "No results at the larger size.",
         "",
         f"## FID of {s['fid_images']:,} generated images, end to end",
         "",
-        fid_section(results),
+        _safe(fid_section, results),
         "",
         "## Tests on the device",
         "",
-        tests_section(results),
+        _safe(tests_section, results),
         "",
     ]
     return "\n".join(doc)
@@ -194,8 +204,8 @@ def render(results: dict) -> str:
 def write(results: dict, out: Path) -> None:
     """The Markdown report at ``out`` and the JSON at ``out`` with suffix ``.json``, each written atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out, render(results)), (out.with_suffix(".json"), json.dumps(results, indent=1,
-                                                                                         default=str))):
+    for path, text in ((out.with_suffix(".json"), json.dumps(results, indent=1, default=str)),
+                       (out, render(results))):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
