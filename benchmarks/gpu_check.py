@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_check: {name}: {r['status']} ({r.get('seconds', 0):.1f} s)", flush=True)
         results["meta"]["total_s"] = time.monotonic() - start
         gpu_report.write(results, out)
+    if out.resolve().parent != workdir.resolve():  # part logs live on in the JSON (their tails)
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"gpu_check: report {out} (and {out.with_suffix('.json').name}), {time.monotonic() - start:.0f} s",
           flush=True)
     return 1 if any(str(r["status"]).startswith("error") for r in results["parts"].values()) else 0
