@@ -5,6 +5,19 @@ several GB: one copy, not one per session) and refreshed when pyproject.toml cha
     nox -s ablation -- --variant no_magp  # arguments after -- go to `dfgan ablate`
     nox -s benchmark                      # throughput suites -> reports/benchmarks.md
     nox -s report -- --study NAME         # tables and figures -> reports/
+    nox -s gpu                            # the GPU check -> reports/benchmarks_gpu.md (needs CUDA; else a dry run)
+
+``nox -s gpu`` (``benchmarks/gpu_check.py``, arguments after -- go to it) runs, within 8 minutes, each part under
+its own time cap: the test suite on CUDA (``DFGAN_TEST_DEVICE=cuda``), training and sampling throughput of
+``full`` at 256 px batch 32 in fp32 and bf16 (with cuDNN autotuning, CUDA graphs and torch.compile where they
+apply) and at 512 px (cost and memory per image), FID of 10,000 generated images end to end, and the device's
+datasheet and measured peaks with the achieved fractions. It installs nothing beyond ``.venv``, whose first build
+comes before those 8 minutes (5.8 min measured here on a busy 2-core machine from local wheels). Without CUDA it
+is a dry run at tiny sizes on the CPU, written to a temporary folder (``-- --out PATH`` to choose;
+``tests/test_gpu_check.py`` runs it). On a machine whose Python already has torch and no network to build
+``.venv`` with, run it directly: ``python3 -m benchmarks.gpu_check`` from the repository root (it needs pydantic
+and pyyaml besides torch, see the module's docstring; what only the tests need shows up as import errors in the
+report).
 """
 
 from __future__ import annotations
@@ -81,6 +94,13 @@ def benchmark(session: nox.Session) -> None:
     session.run(PY, "-m", "pytest", "benchmarks/", "-p", "no:xdist", "-q", f"--benchmark-json={out}",
                 *session.posargs, external=True, env=MALLOC_ENV)
     session.run(PY, "-m", "benchmarks.report", str(out), external=True)
+
+
+@nox.session(default=False)
+def gpu(session: nox.Session) -> None:
+    """The GPU check -> reports/benchmarks_gpu.md and .json (a dry run on the CPU without CUDA): see above."""
+    _venv(session)
+    session.run(PY, "-m", "benchmarks.gpu_check", *session.posargs, external=True, env=MALLOC_ENV)
 
 
 @nox.session(default=False)
