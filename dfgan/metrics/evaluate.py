@@ -31,7 +31,7 @@ import torch
 
 from dfgan.data.vocab import pad_caption
 from dfgan.metrics import fid as fidlib
-from dfgan.metrics.features import Extractor, reference_features
+from dfgan.metrics.features import Extractor, check_outputs, reference_features
 from dfgan.metrics.registry import MetricDef
 from dfgan.metrics.registry import metrics as metric_defs
 from dfgan.sampling import last_stage, to_uint8, truncated_noise
@@ -143,7 +143,7 @@ def _build_extractor(key: str, ctx: dict[str, Any]) -> Extractor:
         from dfgan.metrics.features import inception_extractor
 
         mode = key.split(":", 1)[1]
-        path = options.inception if mode == "clean" else options.inception_legacy
+        path = options.inception if mode in fidlib.TORCHSCRIPT_MODES else options.inception_legacy
         return inception_extractor(mode, device, path)
     if key == "attr":
         from dfgan.metrics.attributes import AttributeExtractor, load_classifier
@@ -291,6 +291,15 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_dir
                     raise
                 warnings.warn(f"skipping {d.name}: {e}", stacklevel=2)
                 print(f"dfgan: skipping metric {d.name}: {e}", file=sys.stderr)
+        for d in [d for d in group if d.extractor in extractors]:  # e.g. IS without logits: before the pass
+            try:
+                check_outputs(d.kind, extractors[d.extractor])
+            except fidlib.InceptionLogitsMissing as e:
+                if not skip_unavailable:
+                    raise
+                warnings.warn(f"skipping {d.name}: {e}", stacklevel=2)
+                print(f"dfgan: skipping metric {d.name}: {e}", file=sys.stderr)
+                group.remove(d)
         group = [d for d in group if d.extractor in extractors]
         if not group:
             continue
