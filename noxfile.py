@@ -21,7 +21,7 @@ nox.options.default_venv_backend = "none"
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = str(VENV / "bin" / "python")
-EXTRAS = ".[dev,minilm,proxy]"
+EXTRAS = ".[dev,minilm,proxy,fid]"
 # glibc malloc thresholds: PyTorch CPU steps run up to 2x faster and far less noisy with these
 # (shared/docs reference, Sec. 8); `dfgan` sets them itself too, this keeps pytest consistent.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
