@@ -141,6 +141,19 @@ def test_frechet_distance_with_fewer_images_than_dimensions_is_clean_fids(n1, n2
     assert abs(fidlib.fd_from_features(x, x)) < 1e-9 * ours
 
 
+def test_kid_over_whole_sets_is_computed_once_and_subsets_otherwise():
+    from cleanfid.fid import kernel_distance
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(30, 16)), rng.normal(size=(30, 16)) + 0.3
+    whole, spread = fidlib.kid(x, y)
+    assert spread == 0 and whole == pytest.approx(kernel_distance(x, y), rel=1e-9)
+    assert fidlib.kid(x, y, subsets=1)[0] == pytest.approx(whole, rel=1e-12)
+    sub, sub_std = fidlib.kid(x, y, subset_size=20)
+    assert sub_std > 0 and sub != whole
+    assert fidlib.kid(x, y, subset_size=20, seed=1)[0] != sub  # the seed picks the subsets
+
+
 def test_inception_score_extremes():
     rng = np.random.default_rng(0)
     assert fidlib.inception_score(rng.normal(size=(50, 1008)) * 1e-6)[0] == pytest.approx(1.0, abs=1e-4)

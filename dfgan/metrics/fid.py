@@ -125,7 +125,9 @@ def kid(f1: np.ndarray, f2: np.ndarray, *, subsets: int = KID_SUBSETS, subset_si
     """Kernel Inception Distance: (mean, std) over ``subsets`` random subsets of ``min(n1, n2, subset_size)``.
 
     Per subset, the unbiased MMD^2 with the kernel ``k(x, y) = (x.y / d + 1)^3``; clean-fid's estimator,
-    with the subsets drawn from ``np.random.default_rng(seed)`` instead of the global NumPy state."""
+    with the subsets drawn from ``np.random.default_rng(seed)`` instead of the global NumPy state. When both sets
+    have exactly that many images every subset is the whole set in another order, and the MMD does not depend on
+    the order: it is computed once (std 0), not ``subsets`` times (about 90 s for 1,000 vs 1,000 images here)."""
     f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
     d = f1.shape[1]
     m = min(f1.shape[0], f2.shape[0], subset_size)
@@ -133,7 +135,7 @@ def kid(f1: np.ndarray, f2: np.ndarray, *, subsets: int = KID_SUBSETS, subset_si
         raise ValueError("KID needs at least 2 images in each set")
     rng = np.random.default_rng(seed)
     vals = []
-    for _ in range(subsets):
+    for _ in range(1 if f1.shape[0] == f2.shape[0] == m else subsets):
         x = f2[rng.choice(f2.shape[0], m, replace=False)]
         y = f1[rng.choice(f1.shape[0], m, replace=False)]
         kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
