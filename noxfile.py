@@ -34,7 +34,7 @@ nox.options.default_venv_backend = "none"
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = str(VENV / "bin" / "python")
-EXTRAS = ".[dev,minilm,proxy]"
+EXTRAS = ".[dev,minilm,proxy,fid]"
 # glibc malloc thresholds (dfgan.runtime.MALLOC_ENV, which imports nothing but the standard library): `dfgan`
 # sets them itself too; this keeps pytest and the benchmarks consistent with it.
 sys.path.insert(0, str(ROOT))

