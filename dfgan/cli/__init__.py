@@ -59,6 +59,10 @@ def _train(args) -> int:
     from dfgan.train.loop import train
 
     spec = load_spec_from(args)
+    if args.resume:  # a run of this spec on other data is never continued, nor silently started anew
+        from dfgan.experiment import refuse_resume_on_other_data
+
+        refuse_resume_on_other_data(spec)
     tracker = Tracker.for_spec(spec, enabled=False if args.no_track else None, uri=args.tracking_uri)
     res = train(spec, resume=args.resume, restart=args.restart, progress=not args.quiet, tracker=tracker)
     print(json.dumps({"run_dir": str(res.run_dir), "mlflow_run_id": res.run_id, "steps": res.steps,
