@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import mlflow
 import pytest
 import torch
 
@@ -148,3 +149,15 @@ def test_failed_runs_leave_no_empty_run_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="text encoder unavailable"):
         quiet_train(spec)
     assert not run_folder(spec).exists()
+
+
+def test_mlflow_logs_the_real_datasets_numbers(tmp_path):
+    data = folder_data(tmp_path / "d", n_train=5, n_test=2, k=3)
+    spec = spec_of(data, tmp_path / "runs")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = train(spec, progress=False, tracker=Tracker.for_spec(spec, uri=uri), stop_at=2)
+    params = mlflow.tracking.MlflowClient(uri).get_run(res.run_id).data.params
+    for field in ("data.n_train", "data.n_test", "data.seed"):  # the built-in data's, meaningless here
+        assert field not in params
+    assert params["data.n_train_images"] == "5" and params["data.n_test_images"] == "2"
+    assert params["data.captions_per_image"] == "3" and params["data.root"] == str(data)

@@ -13,6 +13,7 @@ import torch
 
 from dfgan import runs
 from dfgan.data.errors import DataError
+from dfgan.data.identity import data_summary
 from dfgan.data.identity import forget as forget_data
 from dfgan.data.vocab import pad_caption
 from dfgan.experiment import (
@@ -222,6 +223,11 @@ def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval)
             **{f"speed_{k}": v for k, v in speed.items()},
             **{f"runtime_{k}": v for k, v in runtime_info(device).items() if k in RUNTIME_TAGS},
         })
+        if spec.data.name != "builtin":  # the real data's counts (the spec's data.n_train etc. are the built-in's)
+            n_test = data_summary(spec.data).splits.get("test", 0)
+            tracker.params({"data.n_train_images": len(dataset), "data.n_test_images": n_test,
+                            "data.captions_per_image": dataset.captions_per_image,
+                            "data.vocab_size": len(dataset.vocab)})
         if enc_info.get("attribute_probe"):  # how well the condition encodes each attribute
             tracker.metrics({f"text_probe_{k}": v for k, v in enc_info["attribute_probe"].items()}, 0)
         runs.atomic_write_text(run_dir / "spec.yaml", spec.to_yaml())
