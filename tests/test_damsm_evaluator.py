@@ -1,5 +1,5 @@
 """The rprec_damsm evaluator pair: reused from `dfgan pretrain-text` or from the text-encoder cache, else trained
-on the run's device after saying so."""
+on the run's device after saying so; and the edges of evaluating and sampling a run on real data."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import torch
 import dfgan.metrics.consistency as consistency
 from dfgan.experiment import build_dataset, resolve_spec
 from dfgan.metrics.consistency import damsm_pair
+from dfgan.metrics.evaluate import EvalOptions
+from dfgan.metrics.fid import InceptionWeightsMissing
+from dfgan.metrics.registry import metrics as metric_defs
 from dfgan.pretrain_run import pretrain_text
 from dfgan.runs import cache_dir
 from dfgan.text.encoders import load_text_encoder
+from dfgan.trained import offline_metrics, require_inception
 from tests.data_fixtures import make_folder
 
 IMSIZE = 32
@@ -78,3 +82,27 @@ def test_a_new_pair_is_announced_and_trained_on_the_runs_device(tmp_path, data, 
     said = []  # a longer one also says, after 10 steps, how long the rest will take
     damsm_pair(spec_for(data, tmp_path, "model.text_encoder.pretrain_steps=12"), ds, report=said.append)
     assert len(said) == 2 and "steps/s: about" in said[1] and "min to go" in said[1]
+
+
+def test_eval_without_inception_names_the_metrics_that_work_offline(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("DFGAN_INCEPTION", str(tmp_path / "nowhere.pt"))
+    spec = spec_for(data, tmp_path)
+    assert "rprec_damsm" in offline_metrics(spec) and "attr_acc" not in offline_metrics(spec)
+    with pytest.raises(InceptionWeightsMissing, match=r"fid30k_test_clean: .*nowhere.pt.*Metrics that work "
+                                                      r"offline on this data: .*rprec_damsm"):
+        require_inception(metric_defs(["rprec_damsm", "fid30k_test_clean"]), EvalOptions(), spec)
+    require_inception(metric_defs(["rprec_damsm"]), EvalOptions(), spec)  # nothing to check
+
+
+def test_sample_grid_headers_mark_dropped_words(tmp_path, data):
+    from dfgan.tracking import Tracker
+    from dfgan.train.loop import train
+    from dfgan.trained import sample_captions_grid
+
+    spec = spec_for(data, tmp_path, "train.steps=1", "train.checkpoint_every=1", "train.sample_every=1")
+    res = train(spec, progress=False, tracker=Tracker(enabled=False))
+    caps = tmp_path / "caps.txt"
+    caps.write_text("A zebra train bird\n")
+    out = sample_captions_grid(res.run_dir, caps, n=1, out=tmp_path / "grid.png", report=lambda m: None)
+    assert out["unknown_words"] == {1: ["zebra"]}
+    assert (tmp_path / "grid.txt").read_text() == "a zebra[?] train bird\n"
