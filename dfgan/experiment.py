@@ -10,6 +10,7 @@ them again from a run folder. Training, evaluation, sampling and benchmarks all 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,8 +249,9 @@ def check_data(spec: Spec, *, world_size: int | None = None) -> DataSummary | No
     looks like), a text-encoder checkpoint made for another vocabulary (size, and hash when its sidecar records
     one), and, listed together as a ``SpecError`` naming each field: fewer training images than one batch
     (``train.batch_size`` x ``world_size`` processes, default ``$WORLD_SIZE``), metrics on a test split that
-    is missing or too small, Inception metrics without the Inception weights file. Cheap: the loader's scan,
-    no image decoded (``dfgan.data.identity``). Returns a real dataset's summary, None for the built-in data."""
+    is missing or too small. An Inception metric without the Inception weights file is a warning (training
+    skips it). Cheap: the loader's scan, no image decoded (``dfgan.data.identity``). Returns a real dataset's
+    summary, None for the built-in data."""
     world = world_size or int(os.environ.get("WORLD_SIZE") or 1)
     summary = None
     if spec.data.name == "builtin":
@@ -278,11 +280,11 @@ def check_data(spec: Spec, *, world_size: int | None = None) -> DataSummary | No
         elif d.kind == "rprec" and n_test and (n_test - 1) * k < R_CANDIDATES - 1:
             errors.append(f"eval.metrics[{i}]: '{name}' ranks each caption among {R_CANDIDATES - 1} captions of "
                           f"other test images, and the test split has {n_test} images x {k} captions")
-        if d.mode is not None:
+        if d.mode is not None:  # training skips it then (evaluate_during_training): said now, not at the end
             try:
                 inception_weights(d.mode)
             except InceptionWeightsMissing as e:
-                errors.append(f"eval.metrics[{i}]: '{name}': {e}")
+                warnings.warn(f"eval.metrics[{i}]: '{name}' will be skipped: {e}", UserWarning, stacklevel=2)
     if errors:
         raise SpecError("the data does not fit the spec:\n  " + "\n  ".join(errors))
     return summary
