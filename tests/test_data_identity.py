@@ -100,6 +100,12 @@ def test_data_check_calls_an_empty_dataset_fatal_and_suggests_the_layout(tmp_pat
     assert "empty_dataset" in out and "FATAL" in out and "no problems found" not in out
     assert "the folder loader found no train images; this looks like the birds layout" in out
     assert "use --data birds" in out
+    assert "found no test images" not in out  # one finding says it all
+    few = tmp_path / "few"
+    make_folder(few / "train", {"x": 1, "y": 1})
+    (few / "test").mkdir()
+    rep = check_dataset("folder", few, imsize=IMSIZE, progress=False)
+    assert rep.ok and [r["kind"] for r in rep.rows()] == ["no_test_images"]  # trainable: a warning only
     raw = tmp_path / "raw"
     make_coco_json(raw, n_train=3, n_test=2)
     rep = check_dataset("folder", raw, imsize=IMSIZE, progress=False)

@@ -187,10 +187,12 @@ def check_dataset(name: str, root, *, imsize: int = 256, max_images: int | None 
         return CheckReport(name, str(root), imsize, problems)
     problems = sc.problems
     notes = list(sc.notes)
-    for split, idx in sc.splits.items():
-        if idx.present and len(idx) == 0:
-            problems.add("empty_dataset", sc.root, f"the {name} loader found no {split} images"
-                         + layout_hint(sc.root, name), split)
+    train, test = sc.splits.get("train"), sc.splits.get("test")
+    if train is not None and train.present and len(train) == 0:
+        problems.add("empty_dataset", sc.root, f"the {name} loader found no train images" + layout_hint(sc.root, name),
+                     "train")
+    elif test is not None and test.present and len(test) == 0:
+        problems.add("no_test_images", sc.root, f"the {name} loader found no test images", "test")
     jobs = [(s, p, (idx.boxes[i] if idx.boxes else None)) for s in SPLITS
             if (idx := sc.splits.get(s)) is not None and idx.present for i, p in enumerate(idx.images)]
     min_side = load_size(imsize)

@@ -92,6 +92,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("unknown_words", "caption with unknown words: those words dropped", None),
     Kind("orphan_caption_file", "caption file without an image: ignored", None),
     Kind("uncaptioned_image", "image without any caption in the captions JSON: skipped", None),
+    Kind("no_test_images", "test split without images: test-split metrics cannot be computed", None),
     Kind("small_image", "image smaller than the load size: upscaled", None),
 )}
 
