@@ -111,9 +111,10 @@ def saved_pair(spec, train_dataset) -> dict[str, Any] | None:
 
 def damsm_pair(spec, train_dataset, *, device="cpu", progress: bool = False, report=_say):
     """(text_encoder, image_encoder, info): the evaluator pair on ``device``. The pair ``dfgan pretrain-text``
-    saved for the run's text encoder when there is one (``saved_pair``); otherwise a pair trained on
-    ``train_dataset`` with the evaluator recipe, cached under ``cache_dir()/damsm_eval`` (``report`` says so,
-    with the step count and the cache path, before it starts, and the time it will take after 10 steps)."""
+    saved for the run's text encoder when there is one (``saved_pair``); else the pair the text-encoder cache
+    holds for the evaluator recipe on ``train_dataset``; else a pair trained with that recipe on ``device``,
+    cached under ``cache_dir()/damsm_eval`` (``report`` says so, with the step count and the cache path, before
+    it starts, and after 10 steps how long the rest will take). ``info["source"]`` says which."""
     saved = saved_pair(spec, train_dataset)
     if saved is not None:
         rec = saved["record"]
@@ -206,7 +207,7 @@ class DAMSMImageExtractor(Extractor):
         return self._pool[key]
 
     def protocol(self) -> dict[str, Any]:
-        keep = ("key", "steps", "image_encoder", "retrieval_top1", "retrieval_n", "text_encoder_hash",
+        keep = ("source", "key", "steps", "image_encoder", "retrieval_top1", "retrieval_n", "text_encoder_hash",
                 "image_encoder_hash", "embedding_dim")
         return {"extractor": self.key,
                 "evaluator": self.info.get("evaluator", "DAMSM pair (dfgan.train.pretrain_text, sentence loss)"),
