@@ -9,11 +9,14 @@ them again from a run folder. Training, evaluation, sampling and benchmarks all 
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 # every module that registers components, so that the registries are complete
@@ -31,6 +34,12 @@ from dfgan import runs
 from dfgan import spec as spec_io
 from dfgan.data import builtin
 from dfgan.data.builtin import ALWAYS_NAMED
+from dfgan.data.check import check_text_encoder_vocab
+from dfgan.data.errors import EmptyDatasetError
+from dfgan.data.identity import DataSummary, data_summary
+from dfgan.data.layouts import layout_hint
+from dfgan.metrics.consistency import R_CANDIDATES
+from dfgan.metrics.fid import InceptionWeightsMissing, inception_weights
 from dfgan.metrics.nop import nop_report
 from dfgan.metrics.registry import metric
 from dfgan.nn.text_encoders import DAMSMTextEncoder
@@ -47,7 +56,7 @@ from dfgan.registry import (
     RegistryError,
 )
 from dfgan.runtime import pick_device
-from dfgan.spec import Spec, SpecError
+from dfgan.spec import BUILTIN_ONLY_DATA_FIELDS, Spec, SpecError
 from dfgan.text.encoders import TextConditioner, cache_path, load_text_encoder
 
 NEEDS = {"words": "word embeddings"}  # what a requires/provides token means, for messages
@@ -149,13 +158,31 @@ def resolve_spec(variant: str | None = None, spec_file: str | Path | None = None
 # ---- identity -----------------------------------------------------------------------------------------------------
 
 
+def dataset_hash(spec: Spec) -> str:
+    """The content hash of the data ``spec`` reads (its datasets' ``content_hash``), without building a dataset:
+    the built-in data's from its generation parameters, a real dataset's from its loader's scan
+    (``dfgan.data.identity.data_summary``: no image decoded, one scan per process)."""
+    if spec.data.name == "builtin":
+        return builtin.content_hash_of(builtin.generation_params(spec.data))
+    return data_summary(spec.data).content_hash
+
+
 def run_identity(spec: Spec) -> dict[str, Any]:
     """What makes two runs the same experiment: the spec's experiment fields (``Spec.experiment_dict``) plus the
     data's own identity. For the built-in data that is its ``GENERATOR_VERSION`` (a new version of the generated
-    data is a new experiment, so a study never reuses cells trained on older data)."""
+    data is a new experiment, so a study never reuses cells trained on older data). For a real dataset it is
+    its content hash (``dataset_hash``: loader, image size, image limit, vocabulary, captions, each image file's
+    name, size and modification time), so the same spec on two folders is two runs, in two run folders and two
+    study cells, while ``data.root`` itself is not part of it (a moved folder is the same data); the built-in
+    data's own fields (``BUILTIN_ONLY_DATA_FIELDS``) are left out. Raises the loader's error when the data is
+    not there: a run on real data has no identity without it."""
     d = spec.experiment_dict()
     if spec.data.name == "builtin":
         d["data"]["generator_version"] = builtin.GENERATOR_VERSION
+    else:
+        for k in BUILTIN_ONLY_DATA_FIELDS:
+            d["data"].pop(k)
+        d["data"]["content_hash"] = dataset_hash(spec)
     return d
 
 
@@ -166,6 +193,101 @@ def run_hash(spec: Spec) -> str:
 
 def run_folder(spec: Spec) -> Path:
     return runs.run_dir(spec.train.out_dir, spec.name, run_hash(spec))
+
+
+def data_label(data: dict[str, Any], content_hash: str | None) -> str:
+    """``"folder data at /x (content hash ...)"`` from a spec's ``data`` section, for messages."""
+    where = f" at {data.get('root')}" if data.get("root") else ""
+    return f"{data.get('name')} data{where} (content hash {content_hash or 'not recorded'})"
+
+
+def check_same_data(saved: dict[str, Any], spec: Spec, path, action: str) -> None:
+    """Refuse (``CheckpointMismatchError``) to ``action`` (e.g. "resume it") a checkpoint written on other data
+    than ``spec`` reads, naming both datasets. A checkpoint without a recorded dataset hash passes."""
+    recorded, now = saved.get("dataset_hash"), dataset_hash(spec)
+    if not recorded or recorded == now:
+        return
+    then = data_label((saved.get("spec") or {}).get("data") or {}, recorded)
+    raise runs.CheckpointMismatchError(
+        f"checkpoint {path} was trained on {then}; this spec reads {data_label(spec.to_dict()['data'], now)}: "
+        f"refusing to {action}")
+
+
+def refuse_resume_on_other_data(spec: Spec) -> None:
+    """``--resume`` when the run folder of ``spec`` holds no checkpoint but a run of the same spec on other data
+    does (same experiment fields, other data identity: another folder, or the data changed): refuse, naming both
+    datasets, instead of silently starting a new run. Read from the run folders' ``spec.yaml``."""
+    here = run_folder(spec)
+    if (here / runs.CHECKPOINT).exists():
+        return
+    mine = spec.experiment_dict()
+    for other in sorted(Path(spec.train.out_dir).glob(f"{spec.name}-*")):
+        if other == here or not (other / runs.CHECKPOINT).is_file() or not (other / "spec.yaml").is_file():
+            continue
+        try:
+            theirs = spec_io.from_dict(yaml.safe_load((other / "spec.yaml").read_text()))
+        except (OSError, ValueError, yaml.YAMLError):
+            continue  # not a run of this version's specs
+        if theirs.experiment_dict() != mine:
+            continue
+        saved = runs.load_checkpoint(other / runs.CHECKPOINT)
+        now = data_label(spec.to_dict()["data"], dataset_hash(spec))
+        then = data_label(theirs.to_dict()["data"], saved.get("dataset_hash"))
+        raise runs.CheckpointMismatchError(
+            f"--resume: {here} holds no checkpoint of this spec on {now}, but {other} holds one (step "
+            f"{saved.get('step')}) of the same spec on {then}. To continue that run, point data.root at its data; "
+            "to train on this data from the start, drop --resume (if it is the same data copied elsewhere, its "
+            "file sizes or times changed: copy with times kept, e.g. cp -p or rsync -a)")
+
+
+# ---- the data, checked against the spec ---------------------------------------------------------------------
+
+
+def check_data(spec: Spec, *, world_size: int | None = None) -> DataSummary | None:
+    """Raise before any work (text-encoder pretraining, a run folder) when the data cannot serve ``spec``: the
+    train split's fatal problems (the loader's own error), an empty train split (naming the layouts the folder
+    looks like), a text-encoder checkpoint made for another vocabulary (size, and hash when its sidecar records
+    one), and, listed together as a ``SpecError`` naming each field: fewer training images than one batch
+    (``train.batch_size`` x ``world_size`` processes, default ``$WORLD_SIZE``), metrics on a test split that
+    is missing or too small. An Inception metric without the Inception weights file is a warning (training
+    skips it). Cheap: the loader's scan, no image decoded (``dfgan.data.identity``). Returns a real dataset's
+    summary, None for the built-in data."""
+    world = world_size or int(os.environ.get("WORLD_SIZE") or 1)
+    summary = None
+    if spec.data.name == "builtin":
+        n_train, n_test, k = spec.data.n_train, spec.data.n_test, spec.data.captions_per_image
+    else:
+        summary = data_summary(spec.data)
+        summary.problems.raise_fatal("train")
+        n_train, n_test, k = summary.n_train, summary.splits.get("test"), summary.captions_per_image
+        if n_train == 0:
+            raise EmptyDatasetError(f"{summary.name} dataset at {summary.root}: the train split has no images"
+                                    + layout_hint(summary.root, summary.name, flag="data.name="), str(summary.root))
+        te = spec.model.text_encoder
+        if te.name == "damsm" and te.checkpoint:
+            check_text_encoder_vocab(te.checkpoint, summary.vocab)
+    errors = []
+    b = spec.train.batch_size
+    if n_train < b * world:
+        procs = f" x {world} processes" if world > 1 else ""
+        limit = f" (data.max_images={spec.data.max_images})" if spec.data.max_images == n_train else ""
+        errors.append(f"train.batch_size: the dataset has {n_train} training images{limit}, fewer than one batch "
+                      f"(train.batch_size={b}{procs}); set train.batch_size={max(2, n_train // world)} or less")
+    for i, name in enumerate(spec.eval.metrics):
+        d = metric(name)
+        if d.split == "test" and not n_test:
+            errors.append(f"eval.metrics[{i}]: '{name}' is computed on the test split, and the dataset has none")
+        elif d.kind == "rprec" and n_test and (n_test - 1) * k < R_CANDIDATES - 1:
+            errors.append(f"eval.metrics[{i}]: '{name}' ranks each caption among {R_CANDIDATES - 1} captions of "
+                          f"other test images, and the test split has {n_test} images x {k} captions")
+        if d.mode is not None:  # training skips it then (evaluate_during_training): said now, not at the end
+            try:
+                inception_weights(d.mode)
+            except InceptionWeightsMissing as e:
+                warnings.warn(f"eval.metrics[{i}]: '{name}' will be skipped: {e}", UserWarning, stacklevel=2)
+    if errors:
+        raise SpecError("the data does not fit the spec:\n  " + "\n  ".join(errors))
+    return summary
 
 
 # ---- networks -----------------------------------------------------------------------------------------------------

@@ -9,16 +9,16 @@ import sys
 from pathlib import Path
 
 from dfgan.data.errors import DataError, MissingDataError
+from dfgan.data.identity import vocab_hash
 from dfgan.experiment import build_dataset, run_hash
 from dfgan.runs import atomic_torch_save, atomic_write_text
 from dfgan.runtime import pick_device
+from dfgan.text.encoders import TEXT_ENCODER_FILE, image_encoder_beside
 from dfgan.text.image_encoders import IMAGE_ENCODERS
 from dfgan.text.pretrain import pretrain_text_encoder
 from dfgan.tracking import Tracker
 
 PRETRAIN_EXPERIMENT = "dfgan-pretrain-text"
-TEXT_ENCODER_FILE = "text_encoder.pth"
-IMAGE_ENCODER_FILE = "image_encoder.pth"
 
 
 def _say(msg: str) -> None:
@@ -57,11 +57,11 @@ def pretrain_text(spec, *, word_loss: bool = True, image_encoder: str = "small_c
             log_fn=lambda step, m: tracker.metrics({f"text_{k}": v for k, v in m.items()}, step), seed=seed,
             eval_dataset=eval_ds, return_image_encoder=True)
         atomic_torch_save({k: v.detach().cpu() for k, v in enc.state_dict().items()}, weights)
-        img_path = weights.with_name(IMAGE_ENCODER_FILE if weights.name == TEXT_ENCODER_FILE
-                                     else weights.stem + ".image_encoder.pth")
+        img_path = image_encoder_beside(weights)
         atomic_torch_save({k: v.detach().cpu() for k, v in img_enc.state_dict().items()}, img_path)
         summary = {**info, "text_encoder": str(weights), "image_encoder_weights": str(img_path),
                    "dataset": spec.data.name, "dataset_hash": dataset.content_hash, "n_words": len(dataset.vocab),
+                   "vocab_hash": vocab_hash(dataset.vocab), "data_root": spec.data.root,
                    "use_with": f"model.text_encoder.checkpoint={weights}", "mlflow_run_id": tracker.run_id}
         sidecar = weights.with_suffix(".json")
         atomic_write_text(sidecar, json.dumps(summary, indent=2, sort_keys=True, default=str))

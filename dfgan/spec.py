@@ -102,6 +102,10 @@ class DataSpec(_Strict):
         return _power_of_two(v)
 
 
+# DataSpec fields that only the built-in data reads: a real dataset's identity and MLflow params leave them out
+BUILTIN_ONLY_DATA_FIELDS = ("seed", "n_train", "n_test", "captions_per_image")
+
+
 class TrainSpec(_Strict):
     steps: int = Field(1000, ge=0)
     batch_size: int = Field(32, ge=2)  # per process (DF-GAN: 32 per GPU)

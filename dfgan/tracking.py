@@ -13,6 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from dfgan.spec import BUILTIN_ONLY_DATA_FIELDS
+
 MAX_PARAMS_PER_CALL = 100  # MLflow's batch limit
 
 
@@ -93,7 +95,8 @@ class Tracker:
         else:
             run = mlflow.start_run(run_name=spec.name, parent_run_id=self.parent_run_id,
                                    nested=self.parent_run_id is not None)
-            items = [(k, str(v)) for k, v in spec.flat().items()]
+            items = [(k, str(v)) for k, v in spec.flat().items()  # a real dataset's counts: logged by train
+                     if spec.data.name == "builtin" or k.removeprefix("data.") not in BUILTIN_ONLY_DATA_FIELDS]
             for i in range(0, len(items), MAX_PARAMS_PER_CALL):
                 mlflow.log_params(dict(items[i:i + MAX_PARAMS_PER_CALL]))
             mlflow.log_text(spec.to_yaml(), "spec.yaml")

@@ -14,10 +14,13 @@ from dfgan.data.user_captions import caption_batch, read_caption_file
 from dfgan.experiment import rebuild_run, run_hash
 from dfgan.images import last_stage, save_caption_grid
 from dfgan.metrics.evaluate import ClientSink, EvalOptions, evaluate
+from dfgan.metrics.fid import InceptionWeightsMissing, inception_weights
 from dfgan.metrics.nop import nop_report
+from dfgan.metrics.registry import METRICS
 from dfgan.metrics.registry import metrics as metric_defs
 from dfgan.noise import truncated_noise
 from dfgan.spec import AUTO_METRICS
+from dfgan.text.image_encoders import efficientnet_lite0_weights_path
 
 
 def _say(msg: str) -> None:
@@ -31,6 +34,37 @@ def default_metrics(spec) -> list[str]:
     if spec.data.name in AUTO_METRICS:
         return [*AUTO_METRICS[spec.data.name], "rprec_damsm"]
     return ["fid30k_test_clean", "kid_test_clean", "rprec_damsm"]
+
+
+def offline_metrics(spec) -> list[str]:
+    """The registered metrics that need no Inception weights file and fit ``spec``'s data (``fd_effnet_lite0``
+    only when its weights package is installed)."""
+    out = []
+    for d in metric_defs(list(METRICS.names())):
+        if d.mode is not None or (d.builtin_only and spec.data.name != "builtin"):
+            continue
+        if d.extractor == "effnet_lite0":
+            try:
+                efficientnet_lite0_weights_path()
+            except FileNotFoundError:
+                continue
+        out.append(d.name)
+    return out
+
+
+def require_inception(defs, options: EvalOptions, spec) -> None:
+    """Raise ``InceptionWeightsMissing`` before any work when an Inception metric of ``defs`` has no weights file,
+    naming the metrics that work offline on this data."""
+    for d in defs:
+        if d.mode is None:
+            continue
+        try:
+            inception_weights(d.mode, options.inception if d.mode == "clean" else options.inception_legacy)
+        except InceptionWeightsMissing as e:
+            offline = offline_metrics(spec)
+            raise InceptionWeightsMissing(
+                f"{d.name}: {e} Metrics that work offline on this data: {', '.join(offline)} (e.g. --metrics "
+                f"{','.join(offline)}; `dfgan eval --list` describes them)") from None
 
 
 def default_tracking_uri(spec, run_dir: Path) -> str:
@@ -48,13 +82,14 @@ def evaluate_run(path, metric_names=None, *, options: EvalOptions | None = None,
     run = rebuild_run(path, device=device, progress=options.progress)
     spec, saved = run.spec, run.saved
     names = metric_names or spec.eval.metrics or default_metrics(spec)
-    metric_defs(names)  # unknown names fail before any work
+    require_inception(metric_defs(names), options, spec)  # unknown names, missing weights: before any work
     sink, uri = None, None
     if track and saved["mlflow_run_id"]:
         uri = tracking_uri or saved["mlflow_tracking_uri"] or default_tracking_uri(spec, saved["run_dir"])
         sink = ClientSink(uri, saved["mlflow_run_id"])
+    trained_as = saved["state"].get("spec_hash") or run_hash(spec)  # the run's identity, whatever the data now
     records = evaluate(spec, run.gan, run.conditioner, run.device, names, step=saved["step"],
-                       run_hash=run_hash(spec), run_dir=saved["run_dir"], sink=sink, options=options,
+                       run_hash=trained_as, run_dir=saved["run_dir"], sink=sink, options=options,
                        train_dataset=run.dataset, source="dfgan eval")
     nop = nop_report(run.gan, run.encoder)
     return {"run_dir": str(saved["run_dir"]), "step": saved["step"],
@@ -83,6 +118,6 @@ def sample_captions_grid(run_path, captions_file, *, n: int = 4, out=None, seed:
     path = run.saved["file"]
     if out is None:
         out = path.parent / "samples" / f"captions-{Path(captions_file).stem}.png"
-    grid = save_caption_grid(torch.cat(rows), [c.text for c in caps], out, nrow=len(caps))
+    grid = save_caption_grid(torch.cat(rows), [c.marked for c in caps], out, nrow=len(caps))  # word[?]: dropped
     return {"grid": str(grid), "checkpoint": str(path), "captions": len(caps), "per_caption": n,
             "unknown_words": {c.line: c.unknown for c in caps if c.unknown}, "step": run.saved["step"]}

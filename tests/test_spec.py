@@ -100,16 +100,18 @@ def test_unknown_metric_fails_at_validation():
     assert spec.eval.metrics[1] == "fid2k_test_clean"
 
 
-def test_builtin_data_version_is_part_of_the_spec_hash(monkeypatch):
+def test_builtin_data_version_is_part_of_the_spec_hash(monkeypatch, tmp_path):
     """A new version of the generated data is a new experiment: a study must not reuse cells run on the old one."""
     from dfgan.data import builtin
+    from tests.data_fixtures import make_birds
 
     spec = resolve_spec("full")
     before = run_hash(spec)
     assert run_identity(spec)["data"]["generator_version"] == builtin.GENERATOR_VERSION
     monkeypatch.setattr(builtin, "GENERATOR_VERSION", builtin.GENERATOR_VERSION + 1)
     assert run_hash(spec) != before
-    real = resolve_spec("full", overrides=["data.name=birds", "data.root=x"])
+    make_birds(tmp_path / "birds", n_train=2, n_test=1)
+    real = resolve_spec("full", overrides=["data.name=birds", f"data.root={tmp_path / 'birds'}"])
     assert "generator_version" not in run_identity(real)["data"]
 
 

@@ -63,6 +63,10 @@ def _train(args) -> int:
     from dfgan.train.loop import train
 
     spec = load_spec_from(args)
+    if args.resume:  # a run of this spec on other data is never continued, nor silently started anew
+        from dfgan.experiment import refuse_resume_on_other_data
+
+        refuse_resume_on_other_data(spec)
     tracker = Tracker.for_spec(spec, enabled=False if args.no_track else None, uri=args.tracking_uri)
     res = train(spec, resume=args.resume, restart=args.restart, progress=not args.quiet, tracker=tracker)
     print(json.dumps({"run_dir": str(res.run_dir), "mlflow_run_id": res.run_id, "steps": res.steps,
@@ -171,6 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(token: str) -> bool:
+    return "=" in token and not token.startswith("-")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``, accepting ``key.path=value`` overrides anywhere among the options of a command that takes
+    overrides (``dfgan train --variant full data.root=x --quiet train.steps=3``): argparse reads the positional
+    overrides as one run, so those after an option come back unrecognised; they are appended in their order."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [t for t in extra if _is_override(t)]
+    rest = [t for t in extra if not _is_override(t)]
+    if overrides and not isinstance(getattr(args, "overrides", None), list):
+        rest = extra  # this command takes no overrides
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if overrides:
+        args.overrides.extend(overrides)
+    return args
+
+
 def _tune_allocator(argv: list[str] | None) -> None:
     """Re-exec once with glibc malloc thresholds raised: PyTorch CPU steps run up to 2x faster and far less
     noisy (the default trims and mmaps big blocks on every step). glibc reads them only at start-up.
@@ -199,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     USER_ERRORS = (RegistryError, CheckpointMismatchError, RunExistsError, NonFiniteLossError,
                    FileNotFoundError, ValueError)
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except SpecError as e:

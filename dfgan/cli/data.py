@@ -24,11 +24,15 @@ def _data_args(p):
     c = sub.add_parser("check", help="scan a dataset (index files, every image, vocabulary) for all problems",
                        description="Scan a dataset for every problem at once: missing files, corrupt or truncated "
                        "images, converted image modes, empty caption files, captions with only unknown words, "
-                       "a vocabulary that does not fit a text-encoder checkpoint. Exit code 1 if any is fatal.")
+                       "a split without images (with the layout the folder looks like), a vocabulary that does not "
+                       "fit a text-encoder checkpoint (its size; its hash when the checkpoint's .json sidecar "
+                       "records one). Exit code 1 if any is fatal.")
     c.add_argument("--data", required=True, metavar="NAME", help="dataset loader: birds, coco, coco_json, folder")
     c.add_argument("--root", required=True, metavar="PATH", help="the dataset folder (e.g. data/birds)")
-    c.add_argument("--text-encoder", metavar="PATH", help="a DAMSM text_encoder*.pth whose vocabulary must match")
-    c.add_argument("--imsize", type=int, default=256, help="training image size, for the small-image check")
+    c.add_argument("--text-encoder", metavar="PATH", help="a DAMSM text_encoder*.pth whose vocabulary must match "
+                   "(the size; the words too when its .json sidecar records their hash, as dfgan pretrain-text's)")
+    c.add_argument("--imsize", type=int, default=256, help="training image size, for the small-image check "
+                   "and the content hash (default 256; training's default data.imsize is 64)")
     c.add_argument("--max-images", type=int, help="check only the first N images of each split")
     c.add_argument("--workers", type=int, help="decoding threads (default: up to 8)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")

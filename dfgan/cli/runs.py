@@ -14,7 +14,8 @@ from dfgan.cli import command
 def _eval_args(p):
     p.add_argument("--run", help="run folder (runs/<name>-<hash>) or a checkpoint.pt / final_weights.pt file")
     p.add_argument("--metrics", help="comma-separated metric names (default: spec.eval.metrics, else a default "
-                   "set for the dataset); see --list")
+                   "set for the dataset); see --list. rprec_damsm uses the DAMSM image encoder saved by dfgan "
+                   "pretrain-text or the encoder cache, else trains one first (said, with its cache path)")
     p.add_argument("--n", type=int, help="images for metrics without a count in their name (default: "
                    "spec.eval.n_images)")
     p.add_argument("--batch-size", type=int, help="generation/feature batch size (default: spec.eval.batch_size)")

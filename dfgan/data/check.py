@@ -8,14 +8,13 @@ text-encoder checkpoint. The report counts the problems of each kind and lists t
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfgan.data import coco_json, dfgan_layout, folder
 from dfgan.data.errors import (
     KINDS,
     DataError,
@@ -24,20 +23,13 @@ from dfgan.data.errors import (
     Problems,
     VocabularyMismatchError,
 )
-from dfgan.data.file_dataset import SPLITS, Scan
+from dfgan.data.file_dataset import SPLITS
+from dfgan.data.identity import scanners, vocab_hash
 from dfgan.data.images import bird_crop_box, load_size, read_rgb
+from dfgan.data.layouts import layout_hint
 from dfgan.nn.text_encoders import TextEncoderFileError, damsm_sizes, read_damsm_state
 
 FIRST_PATHS = 3  # paths listed per problem kind in the report
-
-
-def _scanners() -> dict[str, Callable[..., Scan]]:
-    return {
-        "birds": lambda root, **kw: dfgan_layout.scan("birds", root, **kw),
-        "coco": lambda root, **kw: dfgan_layout.scan("coco", root, **kw),
-        "coco_json": coco_json.scan,
-        "folder": folder.scan,
-    }
 
 
 # ---- text encoder vocabulary ------------------------------------------------------------------------------------
@@ -52,9 +44,35 @@ def text_encoder_vocab_size(path) -> int:
     return damsm_sizes(state)[0]
 
 
+def text_encoder_record(path) -> dict[str, Any] | None:
+    """What a text encoder's sidecar (``<name>.json`` beside the weights, written by ``dfgan pretrain-text`` and
+    by the pretrained-encoder cache) records: ``vocab_hash``, ``n_words``, ``dataset``, ``dataset_hash``, ...,
+    plus ``sidecar`` (its path); None without a readable one (an official DAMSM checkpoint has none)."""
+    side = Path(path).expanduser().with_suffix(".json")
+    try:
+        rec = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return None
+    return {**rec, "sidecar": str(side)} if isinstance(rec, dict) else None
+
+
+def size_only_note(path) -> str | None:
+    """The note that only the vocabulary size of text encoder ``path`` can be checked (no recorded vocabulary
+    hash), or None when its sidecar records one."""
+    rec = text_encoder_record(path)
+    if rec and rec.get("vocab_hash"):
+        return None
+    why = f"its sidecar {rec['sidecar']} records no vocabulary hash" if rec else \
+        f"it has no sidecar {Path(path).expanduser().with_suffix('.json')} recording its vocabulary (as an official " \
+        "DAMSM checkpoint)"
+    return (f"text encoder {path}: only its vocabulary size could be checked, {why}; make sure it was trained on "
+            "this dataset's vocabulary (the captions_DAMSM.pickle it shipped with)")
+
+
 def check_text_encoder_vocab(path, vocab) -> int:
-    """Raise ``VocabularyMismatchError`` (naming the checkpoint and both sizes) unless the checkpoint was made
-    for a vocabulary of ``len(vocab)`` words; returns that size."""
+    """Raise ``VocabularyMismatchError`` naming the checkpoint unless it was made for ``vocab``: the same size
+    (embedding rows), and, when its sidecar records one (``text_encoder_record``), the same vocabulary hash
+    (``dfgan.data.identity.vocab_hash``: the words in id order), naming both hashes. Returns the size."""
     rows = text_encoder_vocab_size(path)
     if rows != len(vocab):
         raise VocabularyMismatchError(
@@ -62,6 +80,15 @@ def check_text_encoder_vocab(path, vocab) -> int:
             "its word ids would mean other words. Use the captions_DAMSM.pickle the checkpoint was trained with "
             "(the official CUB encoder needs the shipped birds pickle, 5,450 words), or pretrain one on this data "
             "with `dfgan pretrain-text`", str(path))
+    rec = text_encoder_record(path) or {}
+    recorded, mine = rec.get("vocab_hash"), vocab_hash(vocab)
+    if recorded and recorded != mine:
+        origin = "".join(f", {k} {rec[k]}" for k in ("dataset", "data_root", "dataset_hash") if rec.get(k))
+        raise VocabularyMismatchError(
+            f"text encoder checkpoint {path} was trained on another vocabulary of the same size ({rows} words): "
+            f"vocabulary hash {recorded} ({rec['sidecar']}{origin}), and this dataset's vocabulary hash is {mine}: "
+            "its word ids would mean other words. Use the text encoder trained on this data, or pretrain one with "
+            "`dfgan pretrain-text`", str(path))
     return rows
 
 
@@ -148,17 +175,24 @@ def check_dataset(name: str, root, *, imsize: int = 256, max_images: int | None 
     """Every problem of dataset ``name`` (birds, coco, coco_json, folder) at ``root``: index files, every image
     of every split decoded, and (``text_encoder``) the vocabulary against a checkpoint. Never raises for bad
     data: the problems are in the report (``report.ok`` is False when any is fatal)."""
-    scanners = _scanners()
-    if name not in scanners:
-        raise ValueError(f"cannot check dataset {name!r}: checkable datasets are {', '.join(scanners)} "
+    scans = scanners()
+    if name not in scans:
+        raise ValueError(f"cannot check dataset {name!r}: checkable datasets are {', '.join(scans)} "
                          "(builtin is generated, not read)")
     try:
-        sc = scanners[name](root, imsize=imsize, max_images=max_images)
+        sc = scans[name](root, imsize=imsize, max_images=max_images)
     except (MissingDataError, DataError) as e:  # no folder to scan at all
         problems = Problems()
         problems.add("missing_path" if isinstance(e, MissingDataError) else "bad_format", e.path or root, str(e))
         return CheckReport(name, str(root), imsize, problems)
     problems = sc.problems
+    notes = list(sc.notes)
+    train, test = sc.splits.get("train"), sc.splits.get("test")
+    if train is not None and train.present and len(train) == 0:
+        problems.add("empty_dataset", sc.root, f"the {name} loader found no train images" + layout_hint(sc.root, name),
+                     "train")
+    elif test is not None and test.present and len(test) == 0:
+        problems.add("no_test_images", sc.root, f"the {name} loader found no test images", "test")
     jobs = [(s, p, (idx.boxes[i] if idx.boxes else None)) for s in SPLITS
             if (idx := sc.splits.get(s)) is not None and idx.present for i, p in enumerate(idx.images)]
     min_side = load_size(imsize)
@@ -177,14 +211,19 @@ def check_dataset(name: str, root, *, imsize: int = 256, max_images: int | None 
     if text_encoder:
         try:
             check_text_encoder_vocab(text_encoder, sc.vocab)
+            if (note := size_only_note(text_encoder)) is not None:
+                notes.append(note)
         except MissingDataError as e:
             problems.add("missing_path", e.path, "text encoder checkpoint")
         except VocabularyMismatchError as e:
-            problems.add("vocab_mismatch", e.path, f"{text_encoder_vocab_size(text_encoder)} words in the "
-                         f"checkpoint, {vocab_size} in the dataset vocabulary")
+            rows = text_encoder_vocab_size(text_encoder)
+            recorded = (text_encoder_record(text_encoder) or {}).get("vocab_hash")
+            problems.add("vocab_mismatch", e.path, f"{rows} words in the checkpoint, {vocab_size} in the dataset "
+                         "vocabulary" if rows != vocab_size else f"same size ({rows} words), other words: vocabulary "
+                         f"hash {recorded} recorded with the checkpoint, {vocab_hash(sc.vocab)} of the dataset")
         except DataError as e:
             problems.add("bad_format", e.path, str(e))
     summary = {"splits": {s: len(idx) for s, idx in sc.splits.items() if idx.present},
                "captions_per_image": sc.captions_per_image, "vocab_size": vocab_size,
                "content_hash": sc.content_hash, "images_decoded": len(jobs)}
-    return CheckReport(name, str(sc.root), imsize, problems, summary, list(sc.notes))
+    return CheckReport(name, str(sc.root), imsize, problems, summary, notes)

@@ -50,12 +50,17 @@ class EmptyCaptionsError(DataError):
     """A caption file, or an image's captions, without a single usable caption."""
 
 
+class EmptyDatasetError(DataError):
+    """A dataset split without a single image (often the wrong loader for the folder: the message suggests one)."""
+
+
 class UnknownWordsError(DataError):
     """A caption none of whose words is in the vocabulary (it would encode to nothing)."""
 
 
 class VocabularyMismatchError(DataError):
-    """A text-encoder checkpoint made for another vocabulary (its embedding rows != vocabulary size)."""
+    """A text-encoder checkpoint made for another vocabulary (its embedding rows != vocabulary size, or its sidecar's
+    vocabulary hash != the dataset's)."""
 
 
 class ImageConversionWarning(UserWarning):
@@ -75,16 +80,19 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("missing_image", "image listed by the dataset not found", MissingImageError),
     Kind("corrupt_image", "image cannot be decoded (corrupt or truncated)", CorruptImageError),
     Kind("bad_format", "dataset file with the wrong structure", DataFormatError),
+    Kind("empty_dataset", "split without any image (wrong loader or root?)", EmptyDatasetError),
     Kind("empty_captions", "no usable caption for an image (empty caption file)", EmptyCaptionsError),
     Kind("empty_caption", "caption without any word id", EmptyCaptionsError),
     Kind("unknown_words_only", "caption with only unknown words", UnknownWordsError),
-    Kind("vocab_mismatch", "vocabulary size differs from the text encoder checkpoint", VocabularyMismatchError),
+    Kind("vocab_mismatch", "vocabulary differs from the text encoder checkpoint's (size or hash)",
+         VocabularyMismatchError),
     Kind("converted_image", "image converted to RGB (mode shown)", None),
     Kind("few_captions", "fewer than K captions: repeated to K", None),
     Kind("skipped_caption", "caption line without any word: skipped", None),
     Kind("unknown_words", "caption with unknown words: those words dropped", None),
     Kind("orphan_caption_file", "caption file without an image: ignored", None),
     Kind("uncaptioned_image", "image without any caption in the captions JSON: skipped", None),
+    Kind("no_test_images", "test split without images: test-split metrics cannot be computed", None),
     Kind("small_image", "image smaller than the load size: upscaled", None),
 )}
 

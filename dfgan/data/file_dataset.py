@@ -30,11 +30,13 @@ from dfgan.data.errors import (
     DataError,
     DataFormatError,
     EmptyCaptionsError,
+    EmptyDatasetError,
     ImageConversionWarning,
     MissingDataError,
     Problems,
 )
 from dfgan.data.images import bird_crop_box, read_rgb, transform
+from dfgan.data.layouts import layout_hint
 from dfgan.data.vocab import Vocab, pad_caption, tokenize
 from dfgan.runs import cache_dir
 
@@ -230,8 +232,8 @@ class FileCaptionDataset(CaptionDataset):
         self.conversions: Counter = Counter()  # original image mode -> images converted to RGB (this process)
         self._warned = False
         if len(self._index) == 0:
-            raise EmptyCaptionsError(f"{self.name} dataset at {self.root}: the {split} split has no images",
-                                     str(self.root))
+            raise EmptyDatasetError(f"{self.name} dataset at {self.root}: the {split} split has no images"
+                                    + layout_hint(self.root, self.name, flag="data.name="), str(self.root))
 
     def __len__(self) -> int:
         return len(self._index)

@@ -29,6 +29,13 @@ class EncodedCaption:
     def truncated(self) -> bool:
         return len(self.ids) > MAX_WORDS
 
+    @property
+    def marked(self) -> str:
+        """The caption as the model read it, for grid headers: its tokens, each dropped unknown word marked
+        ``word[?]``."""
+        unknown = set(self.unknown)
+        return " ".join(f"{t}[?]" if t in unknown else t for t in tokenize(self.text))
+
     def notes(self, where: str) -> list[str]:
         out = []
         if self.unknown:

@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dfgan.experiment import check_spec, run_hash
+from dfgan.experiment import check_data, check_spec, run_hash
 from dfgan.metrics.names import choose_metric
 from dfgan.spec import Spec, SpecError
 from dfgan.studies.definition import (
@@ -116,9 +116,10 @@ def plan_study(definition: StudyDefinition, *, name: str | None = None, seeds: i
     seed_list = resolve_seeds(seeds if seeds is not None else definition.seeds, base.train.seed)
     entries = [PlannedCell(c, s, cell_spec(c, s, name, common, base.train.out_dir))
                for s in seed_list for c in cells]
-    for e in entries:  # every cell checked against the registries before any cell runs
+    for e in entries:  # every cell checked against the registries and its data before any cell runs
         try:
             check_spec(e.spec)
+            check_data(e.spec)
         except SpecError as err:
             raise SpecError(f"study '{name}', cell '{e.cell.label}' (seed {e.seed}): {err}") from None
     warnings = []

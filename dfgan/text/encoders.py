@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dfgan.data.check import check_text_encoder_vocab, size_only_note
+from dfgan.data.identity import vocab_hash
 from dfgan.data.vocab import MAX_WORDS
 from dfgan.nn.text_encoders import DAMSMTextEncoder, damsm_sizes, read_damsm_state
 from dfgan.registry import TEXT_ENCODERS
@@ -25,6 +29,8 @@ from dfgan.text.probe import attribute_probe, has_attributes
 
 # Bump when the pretraining recipe changes (architecture, loss, sampler): cached encoders are then retrained.
 PRETRAIN_VERSION = 1
+TEXT_ENCODER_FILE = "text_encoder.pth"  # what `dfgan pretrain-text` saves into a folder (dfgan.pretrain_run)
+IMAGE_ENCODER_FILE = "image_encoder.pth"
 
 
 
@@ -47,6 +53,13 @@ def load_damsm_checkpoint(path, n_words: int, *, device=None, embedding_dim: int
     enc = DAMSMTextEncoder(n_words, ninput=ninput, nhidden=nhidden)
     enc.load_state_dict(state)
     return enc.to(pick_device(device)).eval().requires_grad_(False)
+
+
+def image_encoder_beside(text_encoder_path) -> Path:
+    """Where ``dfgan pretrain-text`` saves the image encoder trained with the text encoder at
+    ``text_encoder_path``: ``image_encoder.pth`` beside ``text_encoder.pth``, else ``<stem>.image_encoder.pth``."""
+    p = Path(text_encoder_path).expanduser()
+    return p.with_name(IMAGE_ENCODER_FILE if p.name == TEXT_ENCODER_FILE else p.stem + ".image_encoder.pth")
 
 
 def cache_key(spec, dataset) -> str:
@@ -94,10 +107,14 @@ def get_text_encoder(
         raise NotImplementedError(
             f"get_text_encoder builds only the 'damsm' text encoder; '{spec.name}' is built by its own module"
         )
-    n_words = len(dataset.vocab)
+    n_words, vocab = len(dataset.vocab), vocab_hash(dataset.vocab)
     if spec.checkpoint:
+        check_text_encoder_vocab(spec.checkpoint, dataset.vocab)  # size, and the recorded vocabulary hash if any
+        if (note := size_only_note(spec.checkpoint)) is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
         enc = load_damsm_checkpoint(spec.checkpoint, n_words, device=device, embedding_dim=spec.embedding_dim)
-        return enc, {"source": "checkpoint", "path": str(Path(spec.checkpoint).expanduser())}
+        return enc, {"source": "checkpoint", "path": str(Path(spec.checkpoint).expanduser()), "vocab_hash": vocab,
+                     "vocab_check": "size" if note else "hash"}
     path = cache_path(spec, dataset, cache_dir)
     sidecar = path.with_suffix(".json")
     if path.is_file():
@@ -108,17 +125,25 @@ def get_text_encoder(
                 info = json.loads(sidecar.read_text())
             except (OSError, json.JSONDecodeError):
                 info = {}
-        info.update(source="cache", path=str(path))
+        info.update(source="cache", path=str(path), vocab_hash=vocab)
         return enc, info
-    enc, info = pretrain_text_encoder(
-        dataset, spec, device=device, progress=progress, log_fn=log_fn, eval_dataset=eval_dataset
+    print(f"dfgan: pretraining a DAMSM text encoder on the {getattr(dataset, 'name', 'training')} data "
+          f"({spec.pretrain_steps} steps, sentence loss only: `dfgan pretrain-text` adds the word loss); it is "
+          f"cached at {path} and reused by every run with this data and these pretraining fields", file=sys.stderr)
+    enc, info, img_enc = pretrain_text_encoder(
+        dataset, spec, device=device, progress=progress, log_fn=log_fn, eval_dataset=eval_dataset,
+        return_image_encoder=True,
     )
     if has_attributes(dataset):  # what the sentence vectors encode of each attribute (built-in data)
         probe_on = eval_dataset if eval_dataset is not None and has_attributes(eval_dataset) else None
         info["attribute_probe"] = attribute_probe(enc, dataset, probe_on, device=pick_device(device))["accuracy"]
     state = {k: v.detach().cpu() for k, v in enc.state_dict().items()}
-    info = {**info, "content_hash": dataset.content_hash, "key": cache_key(spec, dataset), "version": PRETRAIN_VERSION}
+    info = {**info, "content_hash": dataset.content_hash, "dataset_hash": dataset.content_hash,
+            "dataset": getattr(dataset, "name", None), "vocab_hash": vocab, "key": cache_key(spec, dataset),
+            "version": PRETRAIN_VERSION}
     atomic_torch_save(state, path)
+    # the image encoder trained with it: the rprec_damsm evaluator pair (same recipe) then needs no training
+    atomic_torch_save({k: v.detach().cpu() for k, v in img_enc.state_dict().items()}, image_encoder_beside(path))
     atomic_write_text(sidecar, json.dumps(info, indent=2, sort_keys=True))
     info.update(source="pretrained", path=str(path))
     return enc, info

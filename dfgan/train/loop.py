@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -11,12 +12,17 @@ from pathlib import Path
 import torch
 
 from dfgan import runs
+from dfgan.data.errors import DataError
+from dfgan.data.identity import data_summary
+from dfgan.data.identity import forget as forget_data
 from dfgan.data.vocab import pad_caption
 from dfgan.experiment import (
     build_conditioning,
     build_dataset,
     build_gan,
     build_regulariser,
+    check_data,
+    check_same_data,
     cond_dim_of,
     run_folder,
     run_hash,
@@ -100,16 +106,22 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
         torch.cuda.set_device(device)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
-    run = _Run(spec, run_hash(spec), run_identity(spec), run_folder(spec), device, dinfo)
+    run, created = None, False
     try:
+        check_data(spec, world_size=dinfo.world_size)  # before any work: data vs batch size, vocabulary, metrics
+        run = _Run(spec, run_hash(spec), run_identity(spec), run_folder(spec), device, dinfo)
         if dinfo.is_main:
             if run.ckpt_path.exists() and not (resume or restart):
                 raise RunExistsError(
                     f"{run.dir} already holds a checkpoint of this spec; pass --resume to continue it or "
                     "--restart to start over"
                 )
+            if run.ckpt_path.exists():  # never resume, nor delete, a checkpoint written on other data
+                check_same_data(runs.load_checkpoint(run.ckpt_path), spec, run.ckpt_path,
+                                "resume it" if resume else "delete it (--restart)")
             if restart and run.dir.exists():
                 shutil.rmtree(run.dir)
+            created = not run.dir.exists()
             run.dir.mkdir(parents=True, exist_ok=True)
         dist.barrier(dinfo)
         saved = None
@@ -127,6 +139,10 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
                 raise NonFiniteLossError(e.step, e.name, e.value,
                                          f"training stopped; the last good checkpoint (step {run.last_good}) "
                                          f"is kept at {run.ckpt_path}") from None
+    except BaseException:
+        if created and not any(f for _, _, f in os.walk(run.dir)):  # a run that failed before writing anything
+            shutil.rmtree(run.dir, ignore_errors=True)
+        raise
     finally:
         dist.shutdown(dinfo)
 
@@ -153,6 +169,11 @@ def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval)
     if not dinfo.is_main:
         dist.barrier(dinfo)
     dataset = build_dataset(spec, "train")
+    expected = run.identity["data"].get("content_hash")
+    if expected and dataset.content_hash != expected:  # the data changed after this process hashed it
+        forget_data(spec.data)
+        raise DataError(f"the {spec.data.name} data at {spec.data.root} changed since this process hashed it (content "
+                        f"hash {expected}, now {dataset.content_hash}): start it again", spec.data.root)
     log_pre = (lambda s, m: tracker.metrics({f"text_{k}": v for k, v in m.items()}, s)) if tracker.enabled else None
     encoder, enc_info, conditioner = build_conditioning(spec, dataset, device, progress=progress and dinfo.is_main,
                                                         log_fn=log_pre)
@@ -202,6 +223,11 @@ def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval)
             **{f"speed_{k}": v for k, v in speed.items()},
             **{f"runtime_{k}": v for k, v in runtime_info(device).items() if k in RUNTIME_TAGS},
         })
+        if spec.data.name != "builtin":  # the real data's counts (the spec's data.n_train etc. are the built-in's)
+            n_test = data_summary(spec.data).splits.get("test", 0)
+            tracker.params({"data.n_train_images": len(dataset), "data.n_test_images": n_test,
+                            "data.captions_per_image": dataset.captions_per_image,
+                            "data.vocab_size": len(dataset.vocab)})
         if enc_info.get("attribute_probe"):  # how well the condition encodes each attribute
             tracker.metrics({f"text_probe_{k}": v for k, v in enc_info["attribute_probe"].items()}, 0)
         runs.atomic_write_text(run_dir / "spec.yaml", spec.to_yaml())
