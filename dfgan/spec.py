@@ -92,6 +92,7 @@ class DataSpec(_Strict):
     seed: int = 0
     n_train: int = Field(4000, ge=8)
     n_test: int = Field(1000, ge=8)
+    n_val: int = Field(500, ge=8)  # the validation split (searches and choices of defaults use it, tables test)
     captions_per_image: int = Field(10, ge=1, le=10)
     # real datasets only
     max_images: int | None = Field(None, ge=1)  # use only the first N images (quick runs)
@@ -191,6 +192,8 @@ class Spec(_Strict):
         for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads"):
             d["train"].pop(k)
         d["data"].pop("root")
+        if self.data.name != "builtin":  # read by the built-in data only
+            d["data"].pop("n_val")
         if self.model.fusion.name != "cross_attention":  # read by cross_attention only: hashed only there
             d["model"]["fusion"].pop("conditioning_augmentation")
         for section, version in computation_versions(self).items():  # only where a fix changed what it computes
