@@ -88,14 +88,17 @@ class DataSpec(_Strict):
     name: str = "builtin"
     root: str | None = None  # dataset folder; builtin: cache folder (default ~/.cache/dfgan or $DFGAN_CACHE)
     imsize: int = 64
+    seed: int = 0  # builtin: the generation seed; real datasets: the seed of the val hold-out (val_fraction)
     # builtin dataset only
-    seed: int = 0
     n_train: int = Field(4000, ge=8)
     n_test: int = Field(1000, ge=8)
     n_val: int = Field(500, ge=8)  # the validation split (searches and choices of defaults use it, tables test)
     captions_per_image: int = Field(10, ge=1, le=10)
     # real datasets only
     max_images: int | None = Field(None, ge=1)  # use only the first N images (quick runs)
+    # the validation split of a dataset that has none: this fraction of the train images, drawn with data.seed, is
+    # held out as 'val' (and left out of training); 0 = no val split (the whole train split trains, as DF-GAN)
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
 
     @field_validator("imsize")
     @classmethod
@@ -194,6 +197,8 @@ class Spec(_Strict):
         d["data"].pop("root")
         if self.data.name != "builtin":  # read by the built-in data only
             d["data"].pop("n_val")
+        if self.data.name == "builtin" or not self.data.val_fraction:  # read by real data, and only when > 0
+            d["data"].pop("val_fraction")
         if self.model.fusion.name != "cross_attention":  # read by cross_attention only: hashed only there
             d["model"]["fusion"].pop("conditioning_augmentation")
         for section, version in computation_versions(self).items():  # only where a fix changed what it computes

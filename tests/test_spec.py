@@ -113,6 +113,20 @@ def test_builtin_data_version_is_part_of_the_spec_hash(monkeypatch):
     assert "generator_version" not in run_identity(real)["data"]
 
 
+def test_validation_fields_are_hashed_only_where_they_are_read():
+    """data.n_val sizes the built-in val split (hashed there only); data.val_fraction holds out part of a real
+    dataset's train split (hashed there only, and only when > 0: a real-data spec without a hold-out keeps its
+    hash)."""
+    b = resolve_spec("full")
+    assert run_hash(resolve_spec("full", overrides=["data.n_val=100"])) != run_hash(b)
+    assert run_hash(resolve_spec("full", overrides=["data.val_fraction=0.2"])) == run_hash(b)
+    real = ["data.name=birds", "data.root=x"]
+    r = resolve_spec("full", overrides=real)
+    assert "val_fraction" not in run_identity(r)["data"] and "n_val" not in run_identity(r)["data"]
+    assert run_hash(resolve_spec("full", overrides=[*real, "data.n_val=100"])) == run_hash(r)
+    assert run_hash(resolve_spec("full", overrides=[*real, "data.val_fraction=0.1"])) != run_hash(r)
+
+
 # Run hashes of named variants, as their study cells and run folders know them. A change here orphans every
 # existing run and study cell of that variant: only a change of what the variant computes may move its hash.
 # All eight moved together (issue 13) when the built-in data got its own validation split (data.n_val, built-in
