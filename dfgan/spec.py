@@ -157,6 +157,13 @@ class EvalSpec(_Strict):
     metrics: list[str] | Literal["auto"] = "auto"
     n_images: int = Field(1000, ge=2)
     batch_size: int = Field(64, ge=1)
+    # the split whose captions and real images every evaluation of the run uses; the logged names carry it
+    # (attr_acc on test, attr_acc_val on val: dfgan.metrics.registry.on_split). Searches select on val (they set
+    # it), tables report test
+    split: Literal["test", "val"] = "test"
+    # independent noise draws of the final evaluation (each a generation pass of n_images; the value is their
+    # mean, their SD is kept as <metric>.noise_sd); periodic evaluations use one
+    noise_draws: int = Field(2, ge=1)
 
 
 class TrackingSpec(_Strict):

@@ -130,18 +130,19 @@ def test_validation_fields_are_hashed_only_where_they_are_read():
 # Run hashes of named variants, as their study cells and run folders know them. A change here orphans every
 # existing run and study cell of that variant: only a change of what the variant computes may move its hash.
 # All eight moved together (issue 13) when the built-in data got its own validation split (data.n_val, built-in
-# data version 7: a new version of the data is a new experiment). Before that, four had moved once, when their
+# data version 7: a new version of the data is a new experiment) and the evaluation got eval.split (the split the
+# run's evaluations use) and eval.noise_draws (final values: the mean over 2 noise draws). Before that, four had moved once, when their
 # computation was fixed (equal-footing arms: cross-attention with the sentence at the generator's input, r1 in
 # the training precision), through spec.computation_versions.
 KNOWN_HASHES = {
-    "full": "5736f77f84a80401",
-    "no_magp": "76b7723031c7a51c",
-    "two_way": "9a55f40d85605bb7",
-    "stacked": "6bfa389c2aa6706d",
-    "cross_attention": "b16f8e44eaaf1d69",
-    "baseline": "af0584b3aaf773a0",
-    "baseline_onestage_magp": "023524c806110e0d",
-    "r1": "926c5c031c30add9",
+    "full": "cfbff2464199109c",
+    "no_magp": "943b82d7b96f64f4",
+    "two_way": "46cf155f5d99fc8e",
+    "stacked": "101537772df00a4a",
+    "cross_attention": "0d5f6f7c8f7dbe7a",
+    "baseline": "0da71a6cee3ec9f2",
+    "baseline_onestage_magp": "c9787e5ef7f2a27e",
+    "r1": "0bee989687120e48",
 }
 
 

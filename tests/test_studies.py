@@ -21,7 +21,8 @@ from dfgan.studies.storage import describe_storage, open_storage
 from dfgan.train import loop
 
 TINY = ["model.nf=4", "data.imsize=32", "train.steps=2", "model.text_encoder.pretrain_steps=2",
-        "data.n_train=64", "data.n_test=16", "train.batch_size=8", "train.threads=1", "eval.n_images=32"]
+        "data.n_train=64", "data.n_test=16", "data.n_val=16", "train.batch_size=8", "train.threads=1",
+        "eval.n_images=32"]
 
 
 @pytest.fixture

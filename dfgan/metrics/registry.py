@@ -5,6 +5,11 @@ reference statistics, with clean-fid's ``clean`` preprocessing; ``fid<N>[k]_<spl
 are understood. Metrics without a count in the name (KID, IS, R-precision, attribute accuracy, Fréchet
 distances in other feature spaces) use the evaluation's image count (``--n`` / ``spec.eval.n_images``), which
 is recorded with every value. Names that are not FIDs never contain "fid".
+
+Every name also says its split. The registered names are those of the test split (what tables report); the same
+metric on the validation split (what searches select on) has ``_test`` replaced by ``_val`` where the name
+carries its split (``fid1k_val_clean``, ``kid_val_clean``), else ``_val`` appended (``attr_acc_val``,
+``fd_attr_val``): ``on_split`` gives it.
 """
 
 from __future__ import annotations
@@ -91,10 +96,60 @@ def metric(name: str) -> MetricDef:
         if count < 2:
             raise RegistryError(f"metric '{name}': an FID needs at least 2 images")
         return replace(fid_def(count, m.group(3), m.group(4)), name=name)
+    found = _test_metric(name)
+    if found is not None:
+        d = found[1]
+        return replace(d, name=name, split="val", summary=f"{d.summary} (on the val split instead of test)")
     raise RegistryError(
         f"unknown metric '{name}'; registered: {', '.join(METRICS.names())}; any FID count is also understood as "
-        "fid<N>[k]_<test|train>_<clean|legacy_pytorch>"
+        "fid<N>[k]_<test|train>_<clean|legacy_pytorch>; any of them on the validation split as in on_split "
+        "(e.g. attr_acc_val, fid1k_val_clean)"
     )
+
+
+_SPLIT_TOKEN = r"_{}(?=_|$)"
+
+
+def _test_names(name: str) -> list[str]:
+    """The test-split names a validation-split ``name`` may stand for (see the module docstring)."""
+    out = []
+    if re.search(_SPLIT_TOKEN.format("val"), name):
+        out.append(re.sub(_SPLIT_TOKEN.format("val"), "_test", name, count=1))
+    if name.endswith("_val"):
+        out.append(name[: -len("_val")])
+    return [n for n in out if n and n != name]
+
+
+def _test_metric(name: str) -> tuple[str, MetricDef] | None:
+    """(test name, its definition) of a validation-split ``name``, or None if it is none."""
+    for test_name in _test_names(name):
+        try:
+            d = metric(test_name)
+        except RegistryError:
+            continue
+        if d.split == "test":
+            return test_name, d
+    return None
+
+
+def on_split(name: str, split: str) -> str:
+    """The name of metric ``name`` evaluated on ``split`` ("test" or "val"): ``attr_acc`` -> ``attr_acc_val``,
+    ``fid1k_test_clean`` -> ``fid1k_val_clean``, and back."""
+    d = metric(name)
+    if d.split == split:
+        return d.name
+    if split not in ("test", "val") or d.split not in ("test", "val"):
+        raise RegistryError(f"metric '{name}' ({d.split} split) has no {split} form; splits: test, val")
+    if d.split == "val":
+        return _test_metric(d.name)[0]  # split == "test"
+    if re.search(_SPLIT_TOKEN.format("test"), d.name):
+        return re.sub(_SPLIT_TOKEN.format("test"), f"_{split}", d.name, count=1)
+    return f"{d.name}_{split}"
+
+
+def for_split(names, split: str) -> list[str]:
+    """``on_split`` of each name (a list or a comma-separated string)."""
+    return [on_split(d.name, split) for d in metrics(names)]
 
 
 def metrics(names) -> list[MetricDef]:
