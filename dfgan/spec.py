@@ -164,6 +164,9 @@ class EvalSpec(_Strict):
     # independent noise draws of the final evaluation (each a generation pass of n_images; the value is their
     # mean, their SD is kept as <metric>.noise_sd); periodic evaluations use one
     noise_draws: int = Field(2, ge=1)
+    # searches: no trial is pruned before this step (optuna MedianPruner n_warmup_steps); None = train.steps // 4.
+    # Not part of the run's identity: it decides when a search may stop a run, not what the run computes
+    prune_warmup_steps: int | None = Field(None, ge=0)
 
 
 class TrackingSpec(_Strict):
@@ -202,6 +205,7 @@ class Spec(_Strict):
         for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads"):
             d["train"].pop(k)
         d["data"].pop("root")
+        d["eval"].pop("prune_warmup_steps")
         if self.data.name != "builtin":  # read by the built-in data only
             d["data"].pop("n_val")
         if self.data.name == "builtin" or not self.data.val_fraction:  # read by real data, and only when > 0

@@ -16,9 +16,11 @@ from dfgan.reports.provenance import provenance, provenance_markdown
 from dfgan.reports.stats import factorial_effects, summarise
 from dfgan.reports.tables import (
     Table,
+    search_roles,
     table_differences,
     table_effects,
     table_published,
+    table_retrained,
     table_search,
     table_variants,
     to_latex,
@@ -26,6 +28,7 @@ from dfgan.reports.tables import (
 )
 from dfgan.spec import SpecError
 from dfgan.studies.definition import load_study_definition, study_path
+from dfgan.studies.search import split_name
 from dfgan.tracking import git_commit, resolve_uri
 
 MAX_DIFF_METRICS = 3  # quality metrics given a difference column in the Table 2/3 style tables
@@ -130,6 +133,9 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
     tables: list[Table] = []
     if kind == "search":
         tables.append(table_search(data.cells, primary))
+        retrained = search_roles(data.cells)[1]
+        if len(retrained):
+            tables.append(table_retrained(retrained, split_name(primary, "test")))
     else:
         tables.append(table_variants(data.cells, order, table1_metrics,
                                      f"final values of {', '.join(table1_metrics)}", speed, speed_note))
