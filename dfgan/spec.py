@@ -140,7 +140,7 @@ class TrainSpec(_Strict):
     out_dir: str = "runs"
 
 
-AUTO_METRICS: dict[str, tuple[str, ...]] = {"builtin": ("attr_acc", "fd_attr")}
+AUTO_METRICS: dict[str, tuple[str, ...]] = {"builtin": ("attr_acc", "fd_attr", "memorisation_attr")}
 AUTO_SAMPLER: dict[str, str] = {"builtin": "attribute_pairs"}  # any other dataset: random
 
 
@@ -152,8 +152,8 @@ def resolve_sampler(sampler: str, data_name: str) -> str:
 class EvalSpec(_Strict):
     interval: int = Field(0, ge=0)  # steps between periodic evaluations (0 = only at the end)
     # metrics evaluated at the end of a run (and every ``interval`` steps); "auto" = the dataset's own
-    # (AUTO_METRICS: attribute accuracy and its Fréchet distance on the built-in data, none on real data,
-    # whose FID needs local Inception weights), resolved when the spec is validated
+    # (AUTO_METRICS: attribute accuracy, its Fréchet distance and the memorisation check on the built-in data,
+    # none on real data, whose FID needs local Inception weights), resolved when the spec is validated
     metrics: list[str] | Literal["auto"] = "auto"
     n_images: int = Field(1000, ge=2)
     batch_size: int = Field(64, ge=1)

@@ -27,7 +27,7 @@ def _say(msg: str) -> None:
 def default_metrics(spec) -> list[str]:
     """Metrics ``dfgan eval`` computes when neither ``--metrics`` nor ``spec.eval.metrics`` name any."""
     if spec.data.name == "builtin":
-        return ["attr_acc", "fd_attr", "rprec_damsm"]
+        return ["attr_acc", "fd_attr", "memorisation_attr", "rprec_damsm"]
     return ["fid30k_test_clean", "kid_test_clean", "is_test", "rprec_damsm"]
 
 

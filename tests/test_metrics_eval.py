@@ -33,7 +33,7 @@ def test_dfgan_train_prints_the_final_evaluation(tmp_path, capsys):
     assert main(["train", "--variant", "full", "--no-track", "--quiet", *tiny_overrides(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     lines = {r["metric"]: r for r in _lines(tmp_path / "runs" / out["run_dir"].split("/")[-1])}
-    assert set(lines) == {"attr_acc", "fd_attr"}
+    assert set(lines) == {"attr_acc", "fd_attr", "memorisation_attr"}
     for name, r in lines.items():
         assert out["metrics"][name] == pytest.approx(r["value"], abs=1e-4)
     for attr, v in lines["attr_acc"]["details"].items():

@@ -23,6 +23,7 @@ from dfgan.reports.tables import latex_escape
 SEEDS = (100, 101, 102)
 # final attr_acc per seed; 'worse' is clearly below full, 'same' differs from full by noise only
 FINAL = {"full": (0.80, 0.82, 0.81), "worse": (0.50, 0.55, 0.52), "same": (0.81, 0.79, 0.83)}
+NOISE_SD = {100: 0.004, 101: 0.006, 102: 0.008}  # SD between the noise draws of each run's final evaluation
 
 
 def _log(client: MlflowClient, exp_id: str, tags: dict, metrics: dict[str, dict[int, float]],
@@ -61,8 +62,12 @@ def synthetic(tmp_path_factory):
     for variant, finals in FINAL.items():
         for seed, final in zip(SEEDS, finals, strict=True):
             hist = {1: final / 3, 2: final / 2, 3: final}
+            memo = 0.6 if variant == "worse" else 0.01  # 'worse' copies its training images
+            extra = {"attr_acc.noise_sd": {3: NOISE_SD[seed]}, "memorisation_attr": {3: memo},
+                     "memorisation_attr.share": {3: 0.8 + 0.2 * memo}, "memorisation_attr.expected": {3: 0.8},
+                     "memorisation_attr.threshold": {3: 0.1}, "memorisation_attr.flagged": {3: float(memo > 0.1)}}
             _log(client, exp, _cell_tags("synth", "cumulative", variant, seed, parent),
-                 {"attr_acc": hist, "loss_g": {3: 1.0}}, {"data.imsize": 32, "model.nf": 4})
+                 {"attr_acc": hist, "loss_g": {3: 1.0}, **extra}, {"data.imsize": 32, "model.nf": 4})
     _log(client, exp, {**_cell_tags("synth", "cumulative", "worse", 103, parent), "error": "boom"},
          {"loss_g": {1: 1.0}}, {}, status="FAILED")
     client.set_terminated(parent, "FINISHED")
@@ -144,6 +149,13 @@ def test_report_tables_figures_provenance(synthetic):
     assert t1.loc["same", "sampling img/s"].startswith("123.4")
     assert "DF-GAN (paper): CUB FID 14.81" in t1.loc["full", "published (other data/protocol)"]
     assert t1.loc["worse", "NoP (G+D+heads)"] == "1,005"
+    assert t1.loc["full", "attr_acc eval SD"] == "0.006"  # the evaluation's SD beside the seed SD
+    assert "memorisation_attr ↓" not in t1.columns  # a check, not a quality column
+    memo = rep.tables["memorisation_memorisation_attr"].frame.set_index("variant")
+    assert memo.loc["worse", "runs flagged"] == "3 of 3" and memo.loc["worse", "reading"].startswith("FLAGGED")
+    assert memo.loc["full", "reading"] == "no sign of memorisation"
+    assert memo.loc["worse", "nearest real image is a training one"] == "0.92 (expected 0.8)"
+    assert any("flagged worse" in n for n in rep.notes)
 
     t2 = rep.tables["table2_components"].frame.set_index("variant")
     col = "Δ attr_acc vs full [95% CI]"

@@ -83,8 +83,9 @@ def test_auto_metrics_follow_the_dataset():
     """eval.metrics "auto": the built-in data's attribute metrics, nothing on real data; an explicit list is kept
     and resolves to the same spec hash as the "auto" it equals."""
     builtin = resolve_spec("full")
-    assert builtin.eval.metrics == ["attr_acc", "fd_attr"]
-    assert run_hash(resolve_spec("full", overrides=["eval.metrics=[attr_acc, fd_attr]"])) == run_hash(builtin)
+    assert builtin.eval.metrics == ["attr_acc", "fd_attr", "memorisation_attr"]
+    assert run_hash(resolve_spec("full", overrides=["eval.metrics=[attr_acc, fd_attr, memorisation_attr]"])) == \
+        run_hash(builtin)
     assert resolve_spec("full", overrides=["data.name=birds", "data.root=x"]).eval.metrics == []
     assert resolve_spec("full", overrides=["eval.metrics=[]"]).eval.metrics == []
     with pytest.raises(SpecError, match="eval.metrics"):
@@ -131,18 +132,19 @@ def test_validation_fields_are_hashed_only_where_they_are_read():
 # existing run and study cell of that variant: only a change of what the variant computes may move its hash.
 # All eight moved together (issue 13) when the built-in data got its own validation split (data.n_val, built-in
 # data version 7: a new version of the data is a new experiment) and the evaluation got eval.split (the split the
-# run's evaluations use) and eval.noise_draws (final values: the mean over 2 noise draws). Before that, four had moved once, when their
+# run's evaluations use), eval.noise_draws (final values: the mean over 2 noise draws) and, on the built-in data,
+# the memorisation check among its auto metrics. Before that, four had moved once, when their
 # computation was fixed (equal-footing arms: cross-attention with the sentence at the generator's input, r1 in
 # the training precision), through spec.computation_versions.
 KNOWN_HASHES = {
-    "full": "cfbff2464199109c",
-    "no_magp": "943b82d7b96f64f4",
-    "two_way": "46cf155f5d99fc8e",
-    "stacked": "101537772df00a4a",
-    "cross_attention": "0d5f6f7c8f7dbe7a",
-    "baseline": "0da71a6cee3ec9f2",
-    "baseline_onestage_magp": "c9787e5ef7f2a27e",
-    "r1": "0bee989687120e48",
+    "full": "0af9269f56d26b3a",
+    "no_magp": "4915dca16ee9a154",
+    "two_way": "82d39386dcd5dc78",
+    "stacked": "9e806f1ad3609de3",
+    "cross_attention": "b7bf91ab49a24698",
+    "baseline": "b8baa8ce35715447",
+    "baseline_onestage_magp": "9f8a427795ec4335",
+    "r1": "c00ebeda2dcbe0e7",
 }
 
 

@@ -37,6 +37,7 @@ import torch
 from dfgan.data.vocab import pad_caption
 from dfgan.images import last_stage, to_uint8
 from dfgan.metrics import fid as fidlib
+from dfgan.metrics import memorisation
 from dfgan.metrics.attributes import (
     AttributeExtractor,
     attribute_accuracy,
@@ -241,6 +242,16 @@ def _compute(defn: MetricDef, out: dict[str, np.ndarray], img_idx: np.ndarray, c
         same = same_text_encoder(ext.text, cond) if isinstance(cond, torch.nn.Module) else None
         return value, {}, {"candidates": R_CANDIDATES, "candidate_seed": seed, "chance": 1 / R_CANDIDATES,
                            "evaluator_is_conditioning_text_encoder": same}
+    if defn.kind == "memorisation":
+        ref, rp = _reference(defn, ext, test, ctx)
+        sample = memorisation.training_sample(ctx["train"]())
+        train_ref = reference_features(sample, ext, ctx["batch_size"], progress=ctx["options"].progress)
+        res = memorisation.memorisation_excess(feats, train_ref["features"], ref["features"], source_index=img_idx)
+        return res.value, res.details, {
+            "statistic": memorisation.STATISTIC, "reference": rp, "flag_alpha": memorisation.FLAG_ALPHA,
+            "train_reference": {"hash": train_ref["hash"], "n": train_ref["n"], "split": sample.split,
+                                "sample_seed": memorisation.SAMPLE_SEED,
+                                "dataset_hash": getattr(sample.base, "content_hash", None)}}
     if defn.kind == "attr_acc":
         truth = test.attribute_array()
         stated = {a: v[img_idx] for a, v in truth.items()}

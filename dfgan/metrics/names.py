@@ -36,6 +36,11 @@ def is_quality(name: str) -> bool:
     return quality_info(name) is not None
 
 
+def is_memorisation(name: str) -> bool:
+    """A memorisation check (``dfgan.metrics.memorisation``): reported in its own table, never a quality column."""
+    return name.startswith("memorisation_") and is_main(name)
+
+
 def is_main(name: str) -> bool:
     return not any(s in name for s in SUBMETRIC_SEPARATORS)
 

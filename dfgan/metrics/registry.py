@@ -22,8 +22,10 @@ from dfgan.registry import Registry, RegistryError
 METRICS: Registry = Registry("metric")
 
 FULL_SCALE_FID_IMAGES = 30_000  # DF-GAN / AttnGAN: ~30k images from the test captions (paper Sec. 4)
-KINDS = ("fid", "kid", "is", "rprec", "attr_acc", "fd")
-HIGHER_IS_BETTER = {"fid": False, "kid": False, "fd": False, "is": True, "rprec": True, "attr_acc": True}
+KINDS = ("fid", "kid", "is", "rprec", "attr_acc", "fd", "memorisation")
+# memorisation: 0 is the no-memorisation level and higher is worse (dfgan.metrics.memorisation)
+HIGHER_IS_BETTER = {"fid": False, "kid": False, "fd": False, "is": True, "rprec": True, "attr_acc": True,
+                    "memorisation": False}
 _FID_NAME = re.compile(r"^fid(\d+)(k?)_(test|train)_(clean|legacy_pytorch)$")
 
 
@@ -81,6 +83,12 @@ _add(MetricDef("attr_acc", "attr_acc", "attr", builtin_only=True,
                summary="built-in data: fraction of caption-mentioned attributes a classifier finds in the image"))
 _add(MetricDef("fd_attr", "fd", "attr", builtin_only=True,
                summary="built-in data: Fréchet distance in the attribute classifier's features (not an FID)"))
+_add(MetricDef("memorisation_attr", "memorisation", "attr", builtin_only=True,
+               summary="built-in data: excess share of generated images whose nearest real image is a training "
+                       "one, in the attribute classifier's features (0 = no sign of memorisation, 1 = all)"))
+_add(MetricDef("memorisation_inception", "memorisation", "inception:clean",
+               summary="excess share of generated images whose nearest real image is a training one, in "
+                       "Inception pool3 features (0 = no sign of memorisation, 1 = all)"))
 _add(MetricDef("fd_effnet_lite0", "fd", "effnet_lite0",
                summary="Fréchet distance in ImageNet EfficientNet-Lite0 features (offline proxy, not an FID)"))
 

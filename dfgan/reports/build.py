@@ -8,17 +8,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from dfgan.metrics.names import FALLBACK_METRICS, choose_metric, quality_columns
+from dfgan.metrics.names import FALLBACK_METRICS, choose_metric, is_memorisation, quality_columns, split_of
 from dfgan.reports import figures as figs
 from dfgan.reports.benchmarks import load_records, throughput_for_rows
 from dfgan.reports.collect import NoRunsError, StudyData, collect, metric_history
 from dfgan.reports.provenance import provenance, provenance_markdown
 from dfgan.reports.stats import factorial_effects, summarise
 from dfgan.reports.tables import (
+    MEMORISATION_FLAG,
     Table,
     search_roles,
     table_differences,
     table_effects,
+    table_memorisation,
     table_published,
     table_retrained,
     table_search,
@@ -163,6 +165,13 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
                 rep.files.append(figs.effects(eff.table, primary, folder / "figures" / "factorial_effects.png"))
             else:
                 rep.notes.append("factorial effects need two levels per axis in the runs' factor.* tags: skipped")
+        for m in [m for m in available if is_memorisation(m) and split_of(m) == "test"]:
+            memo = table_memorisation(data.cells, order, m)
+            tables.append(memo)
+            flagged = [r["variant"] for _, r in memo.frame.iterrows() if r["reading"] == MEMORISATION_FLAG]
+            if flagged:
+                rep.notes.append(f"memorisation check {m} flagged {', '.join(flagged)}: generated images sit nearer "
+                                 f"training images than unseen real images (table {memo.key})")
         tables.append(table_published())
     for t in tables:
         rep.tables[t.key] = t

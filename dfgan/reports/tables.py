@@ -30,6 +30,7 @@ from dfgan.reports.stats import (
 from dfgan.studies.retrain import RETRAIN_ROLE
 
 SIG_MARK = "*"  # Holm-adjusted p < ALPHA, where the test can reach that level
+NOISE_SD = "noise_sd"  # the detail of a metric: SD between the noise draws of one evaluation (dfgan.metrics.evaluate)
 
 
 @dataclass
@@ -124,6 +125,8 @@ def table_variants(cells: pd.DataFrame, order: list[str], metrics: list[str], me
             s = summarise(sub, f"metrics.{m}", order=[v])
             row[f"{m}{arrow(m)}"] = fmt_mean_std(s["mean"].iloc[0], s["std"].iloc[0], int(s["n"].iloc[0])) \
                 if len(s) else "–"
+            if f"metrics.{m}.{NOISE_SD}" in cells:
+                row[f"{m} eval SD"] = fmt(pd.to_numeric(sub[f"metrics.{m}.{NOISE_SD}"], errors="coerce").mean(), 2)
         row["NoP (G+D+heads)"] = fmt_count(_first(cells, v, "tags.nop_trainable"))
         row["NoP (+ text encoder)"] = fmt_count(_first(cells, v, "tags.nop_paper"))
         if throughput:
@@ -137,7 +140,10 @@ def table_variants(cells: pd.DataFrame, order: list[str], metrics: list[str], me
                                                         f"{p.value}")
             row["published (other data/protocol)"] = "; ".join(f"{m}: {', '.join(x)}" for m, x in by_model.items())
         rows.append(row)
-    notes = [f"Metric columns: {metric_note}. Mean ± sample std over seeds (final values of each run).",
+    notes = [f"Metric columns: {metric_note}. Mean ± sample std over seeds (final values of each run)"
+             + ("; eval SD = the SD between the noise draws of one run's final evaluation (its value is their "
+                "mean), averaged over the row's runs: the evaluation's own noise, beside the seed SD after ±."
+                if any(f"metrics.{m}.{NOISE_SD}" in cells for m in metrics) else "."),
              "NoP (G+D+heads) = parameters of generator, discriminator trunk(s) and head(s), what the GAN "
              "optimisers update; NoP (+ text encoder) adds the frozen text encoder, the rule inferred for the "
              "README's 19M (dfgan.metrics.nop states both rules).",
@@ -268,6 +274,38 @@ def table_effects(effects: Effects, metric: str, metric_note: str) -> Table:
     if effects.refusal:
         notes.append(f"No intervals: {effects.refusal}.")
     return Table("factorial_effects", f"Factorial effects on {metric}", pd.DataFrame(rows), notes)
+
+
+MEMORISATION_FLAG = "FLAGGED: generated images sit nearer training images than unseen real images"
+
+
+def table_memorisation(cells: pd.DataFrame, order: list[str], metric: str) -> Table:
+    """Per row: the memorisation check's value (0 = no sign) with the share of generated images whose nearest
+    real image is a training one and the share expected without memorisation, and the runs flagged."""
+    col = f"metrics.{metric}"
+    rows = []
+    for v in order:
+        sub = cells[(cells["variant"] == v) & cells[col].notna()] if col in cells else cells.iloc[:0]
+        if not len(sub):
+            continue
+        def get(k, sub=sub):
+            return pd.to_numeric(sub.get(f"{col}.{k}"), errors="coerce")
+
+        flagged = int((get("flagged") > 0.5).sum()) if f"{col}.flagged" in sub else 0
+        rows.append({"variant": v, "seeds": len(sub),
+                     f"{metric}{arrow(metric)}": fmt_mean_std(sub[col].mean(), sub[col].std(ddof=1), len(sub)),
+                     "nearest real image is a training one": f"{fmt(get('share').mean(), 3)} (expected "
+                                                             f"{fmt(get('expected').mean(), 3)})",
+                     "flag threshold": fmt(get("threshold").mean(), 2), "runs flagged": f"{flagged} of {len(sub)}",
+                     "reading": MEMORISATION_FLAG if flagged else "no sign of memorisation"})
+    return Table(f"memorisation_{metric}", f"Memorisation check ({metric})", pd.DataFrame(rows), [
+        "For each generated test-caption image, its nearest real image among the training images and the test "
+        "images (except the one whose caption made it): the value is (share - expected) / (1 - expected), share = "
+        "the fraction whose nearest is a training image, expected = N_train / (N_train + N_test), what an "
+        "arbitrary labelling of the real images gives when the generator has not memorised its training images. "
+        "0 = no sign of memorisation, 1 = every nearest neighbour a training image (holdout-based DCR share, "
+        "Platzer & Reutterer 2021; cf. Meehan et al. 2020). A run is flagged when its share exceeds the expected "
+        "one by more than a one-sided binomial test at 0.01 allows (the threshold is on the value's scale)."])
 
 
 def table_published() -> Table:
