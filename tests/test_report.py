@@ -43,7 +43,7 @@ def _cell_tags(study, kind, variant, seed, parent):
             "fusion": "concat" if variant == "worse" else "dfblock", "backbone": "one_stage",
             "nop_trainable": 1000 + len(variant), "nop_paper": 5000, "protocol.attr_acc": "classifier-v1",
             "git_commit": "abc123", "device": "cpu", "overrides": "model.nf=4", "mlflow.parentRunId": parent,
-            "trial": seed - 100}
+            "trial": seed - 100, "data_version": 7, "runtime_threads": 3, "text_encoder_sha256": "f" * 64}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,8 @@ def synthetic(tmp_path_factory):
     client = MlflowClient(uri)
     exp = client.create_experiment("synth", artifact_location=(tmp / "art").as_uri())
     parent = client.create_run(exp, tags={"role": "invocation", "study": "synth", "cells": "worse,same,full",
-                                          "command": "dfgan ablate --study synth", "hw.cpu": "test-cpu"}).info.run_id
+                                          "command": "dfgan ablate --study synth", "hw.cpu": "test-cpu",
+                                          "hw.torch_threads": "16"}).info.run_id
     # an older run of (full, 100) with another value: the latest finished one must win
     _log(client, exp, _cell_tags("synth", "cumulative", "full", 100, parent), {"attr_acc": {3: 0.1}},
          {"data.imsize": 32, "model.nf": 4})
@@ -67,7 +68,9 @@ def synthetic(tmp_path_factory):
                      "memorisation_attr.share": {3: 0.8 + 0.2 * memo}, "memorisation_attr.expected": {3: 0.8},
                      "memorisation_attr.threshold": {3: 0.1}, "memorisation_attr.flagged": {3: float(memo > 0.1)}}
             _log(client, exp, _cell_tags("synth", "cumulative", variant, seed, parent),
-                 {"attr_acc": hist, "loss_g": {3: 1.0}, **extra}, {"data.imsize": 32, "model.nf": 4})
+                 {"attr_acc": hist, "loss_g": {3: 1.0}, **extra},
+                 {"data.imsize": 32, "model.nf": 4, "train.seed": seed,
+                  "model.fusion.name": "concat" if variant == "worse" else "dfblock"})
     _log(client, exp, {**_cell_tags("synth", "cumulative", "worse", 103, parent), "error": "boom"},
          {"loss_g": {1: 1.0}}, {}, status="FAILED")
     client.set_terminated(parent, "FINISHED")
@@ -182,8 +185,13 @@ def test_report_tables_figures_provenance(synthetic):
     for fig in ("curves_attr_acc.png", "final_attr_acc.png", "quality_nop_speed.png"):
         assert (rep.folder / "figures" / fig).stat().st_size > 10_000
     readme = (rep.folder / "README.md").read_text()
-    for s in ("data123", "h-worse-101", "classifier-v1", "test-cpu", "abc123", "dfgan ablate --study synth"):
+    for s in ("data123", "h-worse-101", "classifier-v1", "test-cpu", "abc123", "dfgan ablate --study synth",
+              "built-in data version 7", "torch threads (per run): 3", "`ffffffffffffffff`"):
         assert s in readme
+    assert "torch_threads" not in readme  # the invoking process's thread count is not the runs'
+    spec = readme[readme.index("Resolved spec"):]
+    assert "```yaml\ndata:\n  imsize: 32\nmodel:\n  nf: 4\n```" in spec  # common to every cell
+    assert "- worse: `model.fusion.name=concat`" in spec and "train.seed" not in spec
     assert any("replaced by the latest" in n for n in rep.notes) and any("1 failed" in n for n in rep.notes)
     assert len(pd.read_csv(rep.folder / "runs.csv")) == 9
 
