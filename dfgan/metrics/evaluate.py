@@ -47,6 +47,7 @@ from dfgan.metrics.attributes import (
 )
 from dfgan.metrics.consistency import R_CANDIDATES, DAMSMImageExtractor, damsm_pair, r_precision, same_text_encoder
 from dfgan.metrics.features import Extractor, inception_extractor, reference_features
+from dfgan.metrics.noise_draws import NOISE_DRAWS_RULE, combine_draws, draw_seeds
 from dfgan.metrics.proxy import EffNetLite0Extractor
 from dfgan.metrics.registry import MetricDef, for_split
 from dfgan.metrics.registry import metrics as metric_defs
@@ -153,30 +154,6 @@ def generate_images(generator, conditioner, dataset, n: int, batch_size: int, *,
 
 
 # ---- the evaluation -----------------------------------------------------------------------------------------------
-NOISE_DRAWS_RULE = ("mean over the noise draws; details: draw<k> = draw k's value, noise_sd = their SD (ddof 1), "
-                    "other details = their mean over the draws")
-
-
-def combine_draws(results: list[tuple[float, dict, dict]]) -> tuple[float, dict]:
-    """(value, details) of one metric over its noise draws (``NOISE_DRAWS_RULE``); one draw is kept as it is."""
-    values = np.array([float(v) for v, _, _ in results])
-    if len(results) == 1:
-        return float(values[0]), dict(results[0][1])
-    details: dict[str, Any] = {}
-    for key in results[0][1]:
-        parts = [r[1].get(key) for r in results]
-        if all(isinstance(x, (int, float)) for x in parts):
-            finite = [float(x) for x in parts if math.isfinite(x)]
-            details[key] = float(np.mean(finite)) if finite else float("nan")
-        else:
-            details[key] = parts[0]
-    details.update({f"draw{k}": float(v) for k, v in enumerate(values)})
-    details["noise_sd"] = float(values.std(ddof=1))
-    return float(values.mean()), details
-
-
-
-
 def _build_extractor(key: str, ctx: dict[str, Any]) -> Extractor:
     device, options = ctx["device"], ctx["options"]
     if key.startswith("inception:"):
@@ -244,14 +221,9 @@ def _compute(defn: MetricDef, out: dict[str, np.ndarray], img_idx: np.ndarray, c
                            "evaluator_is_conditioning_text_encoder": same}
     if defn.kind == "memorisation":
         ref, rp = _reference(defn, ext, test, ctx)
-        sample = memorisation.training_sample(ctx["train"]())
-        train_ref = reference_features(sample, ext, ctx["batch_size"], progress=ctx["options"].progress)
-        res = memorisation.memorisation_excess(feats, train_ref["features"], ref["features"], source_index=img_idx)
-        return res.value, res.details, {
-            "statistic": memorisation.STATISTIC, "reference": rp, "flag_alpha": memorisation.FLAG_ALPHA,
-            "train_reference": {"hash": train_ref["hash"], "n": train_ref["n"], "split": sample.split,
-                                "sample_seed": memorisation.SAMPLE_SEED,
-                                "dataset_hash": getattr(sample.base, "content_hash", None)}}
+        value, details, specific = memorisation.evaluate(feats, img_idx, ext, ref["features"], ctx["train"](),
+                                                         ctx["batch_size"], progress=ctx["options"].progress)
+        return value, details, {"reference": rp, **specific}
     if defn.kind == "attr_acc":
         truth = test.attribute_array()
         stated = {a: v[img_idx] for a, v in truth.items()}
@@ -297,7 +269,7 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
                          f"data.name={spec.data.name}")
     device = torch.device(device)
     n_default = int(options.n or spec.eval.n_images)
-    seeds = [int(options.seed) + k for k in range(int(options.draws or spec.eval.noise_draws))]
+    seeds = draw_seeds(options.seed, options.draws or spec.eval.noise_draws)
     batch_size = int(options.batch_size or spec.eval.batch_size)
     train_cache = {"ds": train_dataset}
 

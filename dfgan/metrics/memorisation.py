@@ -23,7 +23,9 @@ Data 4:679939 (2021), here with all training images for power. Like the data-cop
 Dasgupta, "A Non-Parametric Test to Detect Data-Copying in Generative Models" (AISTATS 2020), it judges closeness
 to the training set against held-out real images, not an absolute distance. A run is flagged when ``share``
 exceeds ``expected`` by more than a one-sided binomial test at ``FLAG_ALPHA`` allows (normal approximation, the
-generated images taken as independent): ``threshold`` (on the value's scale) in the details.
+generated images taken as independent): ``threshold`` (on the value's scale) in the details. A collapsed
+generator (all images alike) breaks that independence: its images share one nearest neighbour and score 0 or 1
+as a whole, so a flag is read together with the Fréchet distance.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 from scipy import stats
 
 from dfgan.data.images import transform
+from dfgan.metrics.features import reference_features
 
 SAMPLE_SEED = 0  # the training images a memorisation check compares with, when there are more than the maximum
 MAX_TRAIN_REFERENCE = 10_000  # training images compared with at most (their features are cached per extractor)
@@ -135,3 +138,17 @@ def memorisation_excess(generated: np.ndarray, train_refs: np.ndarray, split_ref
         "median_ratio": med_train / med_split if med_split > 0 else float("nan"), "z": z,
         "p_one_sided": float(stats.norm.sf(z)), "threshold": threshold, "flagged": float(value > threshold),
         "n_train_reference": float(n_train), "n_split_reference": float(n_split)})
+
+
+def evaluate(generated: np.ndarray, source_index: np.ndarray, extractor, split_features: np.ndarray, train,
+             batch_size: int, *, progress: bool = False) -> tuple[float, dict[str, float], dict]:
+    """(value, details, protocol) of the check for ``generated`` features (made from the captions of split images
+    ``source_index``), the split's reference features and the training images of ``train`` (their features in
+    ``extractor``'s space cached like any reference)."""
+    sample = training_sample(train)
+    ref = reference_features(sample, extractor, batch_size, progress=progress)
+    res = memorisation_excess(generated, ref["features"], split_features, source_index=source_index)
+    return res.value, res.details, {
+        "statistic": STATISTIC, "flag_alpha": FLAG_ALPHA,
+        "train_reference": {"hash": ref["hash"], "n": ref["n"], "split": sample.split, "sample_seed": SAMPLE_SEED,
+                            "dataset_hash": getattr(train, "content_hash", None)}}

@@ -69,10 +69,14 @@ def provenance(data: StudyData, report_commit: str) -> dict[str, Any]:
 
 
 def _value(text):
+    """A param as the spec had it: numbers, booleans, null and lists read back, anything else kept as text."""
+    if text == "None":  # MLflow keeps params as str(value)
+        return None
     try:
-        return yaml.safe_load(text)
+        v = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return text if isinstance(v, dict) else v
 
 
 def resolved_specs(cells: pd.DataFrame) -> dict[str, Any]:
@@ -84,7 +88,8 @@ def resolved_specs(cells: pd.DataFrame) -> dict[str, Any]:
     varying = {col for col in cols if cells[col].astype(str).nunique(dropna=False) > 1}
     common = {col[len("params."):]: _value(cells[col].iloc[0]) for col in cols
               if col not in varying and pd.notna(cells[col].iloc[0])}
-    skip = {"params.name", "params.train.seed", "params.train.out_dir", "params.tracking.experiment"}
+    skip = {"params.name", "params.description", "params.train.seed", "params.train.out_dir",
+            "params.tracking.experiment"}
     per = {}
     for v, g in cells.groupby("variant", sort=False):
         per[str(v)] = {col[len("params."):]: _value(g[col].iloc[0]) for col in sorted(varying - skip)
