@@ -44,7 +44,7 @@ def test_dfgan_eval_adds_its_metrics_to_the_same_mlflow_run(tmp_path, capsys):
     spec = resolve_spec("full", overrides=tiny_overrides(tmp_path, **{"eval.metrics": "[]"}))  # eval's alone
     res = train(spec, progress=False, tracker=Tracker.for_spec(spec, uri=_uri(tmp_path)))
     rc = main(["eval", "--run", str(res.run_dir), "--metrics", "attr_acc,fd_attr,rprec_damsm", "--n", "24",
-               "--batch-size", "10", "--tracking-uri", _uri(tmp_path), "--device", "cpu", "--quiet"])
+               "--batch-size", "10", "--tracking-uri", _uri(tmp_path), "--device", "cpu", "--quiet", "--draws", "3"])
     out = capsys.readouterr().out
     assert rc == 0 and res.run_id in out and "attr_acc" in out and "NoP" in out
 
@@ -59,6 +59,7 @@ def test_dfgan_eval_adds_its_metrics_to_the_same_mlflow_run(tmp_path, capsys):
     assert "loss_d" in metrics  # the training's own metrics are still there: same run
     proto = json.loads(tags["protocol.attr_acc"])
     assert proto["n_images"] == 24 and proto["split"] == "test" and proto["truncation"] == spec.model.truncation
+    assert proto["noise_seeds"] == [0, 1, 2] and "attr_acc.draw2" in metrics  # --draws 3
     assert json.loads(tags["protocol.rprec_damsm"])["candidates"] == 100
     hist = client.get_metric_history(res.run_id, "attr_acc")
     assert [m.step for m in hist] == [spec.train.steps]
