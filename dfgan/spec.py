@@ -88,13 +88,17 @@ class DataSpec(_Strict):
     name: str = "builtin"
     root: str | None = None  # dataset folder; builtin: cache folder (default ~/.cache/dfgan or $DFGAN_CACHE)
     imsize: int = 64
+    seed: int = 0  # builtin: the generation seed; real datasets: the seed of the val hold-out (val_fraction)
     # builtin dataset only
-    seed: int = 0
     n_train: int = Field(4000, ge=8)
     n_test: int = Field(1000, ge=8)
+    n_val: int = Field(500, ge=8)  # the validation split (searches and choices of defaults use it, tables test)
     captions_per_image: int = Field(10, ge=1, le=10)
     # real datasets only
     max_images: int | None = Field(None, ge=1)  # use only the first N images (quick runs)
+    # the validation split of a dataset that has none: this fraction of the train images, drawn with data.seed, is
+    # held out as 'val' (and left out of training); 0 = no val split (the whole train split trains, as DF-GAN)
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
 
     @field_validator("imsize")
     @classmethod
@@ -139,7 +143,7 @@ class TrainSpec(_Strict):
     out_dir: str = "runs"
 
 
-AUTO_METRICS: dict[str, tuple[str, ...]] = {"builtin": ("attr_acc", "fd_attr")}
+AUTO_METRICS: dict[str, tuple[str, ...]] = {"builtin": ("attr_acc", "fd_attr", "memorisation_attr")}
 AUTO_SAMPLER: dict[str, str] = {"builtin": "attribute_pairs"}  # any other dataset: random
 
 
@@ -151,11 +155,21 @@ def resolve_sampler(sampler: str, data_name: str) -> str:
 class EvalSpec(_Strict):
     interval: int = Field(0, ge=0)  # steps between periodic evaluations (0 = only at the end)
     # metrics evaluated at the end of a run (and every ``interval`` steps); "auto" = the dataset's own
-    # (AUTO_METRICS: attribute accuracy and its Fréchet distance on the built-in data, none on real data,
-    # whose FID needs local Inception weights), resolved when the spec is validated
+    # (AUTO_METRICS: attribute accuracy, its Fréchet distance and the memorisation check on the built-in data,
+    # none on real data, whose FID needs local Inception weights), resolved when the spec is validated
     metrics: list[str] | Literal["auto"] = "auto"
     n_images: int = Field(1000, ge=2)
     batch_size: int = Field(64, ge=1)
+    # the split whose captions and real images every evaluation of the run uses; the logged names carry it
+    # (attr_acc on test, attr_acc_val on val: dfgan.metrics.registry.on_split). Searches select on val (they set
+    # it), tables report test
+    split: Literal["test", "val"] = "test"
+    # independent noise draws of the final evaluation (each a generation pass of n_images; the value is their
+    # mean, their SD is kept as <metric>.noise_sd); periodic evaluations use one
+    noise_draws: int = Field(2, ge=1)
+    # searches: no trial is pruned before this step (optuna MedianPruner n_warmup_steps); None = train.steps // 4.
+    # Not part of the run's identity: it decides when a search may stop a run, not what the run computes
+    prune_warmup_steps: int | None = Field(None, ge=0)
 
 
 class TrackingSpec(_Strict):
@@ -194,6 +208,11 @@ class Spec(_Strict):
         for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads"):
             d["train"].pop(k)
         d["data"].pop("root")
+        d["eval"].pop("prune_warmup_steps")
+        if self.data.name != "builtin":  # read by the built-in data only
+            d["data"].pop("n_val")
+        if self.data.name == "builtin" or not self.data.val_fraction:  # read by real data, and only when > 0
+            d["data"].pop("val_fraction")
         if self.model.fusion.name != "cross_attention":  # read by cross_attention only: hashed only there
             d["model"]["fusion"].pop("conditioning_augmentation")
         for section, version in computation_versions(self).items():  # only where a fix changed what it computes

@@ -8,11 +8,11 @@ avoided on purpose). Only the main process of a distributed run logs.
 from __future__ import annotations
 
 import os
-import subprocess
 import traceback
 from pathlib import Path
 from typing import Any
 
+from dfgan import fingerprint
 from dfgan.spec import BUILTIN_ONLY_DATA_FIELDS
 
 MAX_PARAMS_PER_CALL = 100  # MLflow's batch limit
@@ -30,16 +30,16 @@ def resolve_uri(uri: str | None, out_dir: str | Path) -> str:
 
 
 def git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parents[1]
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return "unknown"
-        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The commit of the code this process imported (``<sha>[-dirty]``), read once at ``import dfgan``
+    (``dfgan.fingerprint.CODE``), not git HEAD now: a checkout can move under a long-running worker."""
+    return fingerprint.CODE.label
+
+
+def code_tags() -> dict[str, str]:
+    """``git_commit`` and, when the imported code had uncommitted changes, the sha256 of their diff (the diff
+    itself is the run's artifact ``code/<sha256>.diff``)."""
+    code = fingerprint.CODE
+    return {"git_commit": code.label, **({"code_diff_sha256": code.diff_sha256} if code.dirty else {})}
 
 
 def setup(uri: str, experiment: str, out_dir: str | Path):
@@ -86,7 +86,8 @@ class Tracker:
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self, spec, run_hash: str, tags: dict[str, Any], run_id: str | None = None) -> str | None:
         """Open the run (``run_id``: reopen it, else a new run named after the spec with every spec field as a
-        param and ``spec.yaml``), tagged with the variant, the run hash, the git commit and ``tags``."""
+        param and ``spec.yaml``), tagged with the variant, the run hash, the commit of the code this process
+        imported (and its diff, when dirty: ``code_tags``) and ``tags``."""
         if not self.enabled:
             return None
         mlflow = setup(self.uri, self.experiment, self.out_dir)
@@ -101,9 +102,10 @@ class Tracker:
                 mlflow.log_params(dict(items[i:i + MAX_PARAMS_PER_CALL]))
             mlflow.log_text(spec.to_yaml(), "spec.yaml")
         self.run_id, self._active = run.info.run_id, True
-        all_tags = {"variant": spec.name, "spec_hash": run_hash, "git_commit": git_commit(), **tags,
-                    **self.extra_tags}
+        all_tags = {"variant": spec.name, "spec_hash": run_hash, **code_tags(), **tags, **self.extra_tags}
         mlflow.set_tags({k: str(v) for k, v in all_tags.items()})
+        if fingerprint.CODE.dirty:  # the uncommitted code this process runs, kept with the run
+            mlflow.log_text(fingerprint.CODE.diff, f"code/{fingerprint.CODE.diff_sha256}.diff")
         return self.run_id
 
     def _end(self, status: str) -> None:

@@ -16,7 +16,7 @@ from dfgan.images import last_stage, save_caption_grid
 from dfgan.metrics.evaluate import ClientSink, EvalOptions, evaluate
 from dfgan.metrics.fid import InceptionWeightsMissing, inception_weights
 from dfgan.metrics.nop import nop_report
-from dfgan.metrics.registry import METRICS
+from dfgan.metrics.registry import METRICS, for_split
 from dfgan.metrics.registry import metrics as metric_defs
 from dfgan.noise import truncated_noise
 from dfgan.spec import AUTO_METRICS
@@ -81,7 +81,7 @@ def evaluate_run(path, metric_names=None, *, options: EvalOptions | None = None,
     options = options or EvalOptions()
     run = rebuild_run(path, device=device, progress=options.progress)
     spec, saved = run.spec, run.saved
-    names = metric_names or spec.eval.metrics or default_metrics(spec)
+    names = metric_names or for_split(spec.eval.metrics or default_metrics(spec), spec.eval.split)
     require_inception(metric_defs(names), options, spec)  # unknown names, missing weights: before any work
     sink, uri = None, None
     if track and saved["mlflow_run_id"]:

@@ -43,6 +43,7 @@ def tiny_overrides(tmp_path, **extra) -> list[str]:
         "data.imsize": 32,
         "data.n_train": 64,
         "data.n_test": 16,
+        "data.n_val": 16,
         "model.text_encoder.pretrain_steps": 2,
         "model.text_encoder.pretrain_batch_size": 8,
         "train.batch_size": 4,

@@ -16,7 +16,7 @@ from dfgan.data.vocab import MAX_WORDS, tokenize
 from dfgan.registry import DATASETS
 from dfgan.spec import DataSpec
 
-SMALL = dict(imsize=32, n_train=40, n_test=16, captions_per_image=10)
+SMALL = dict(imsize=32, n_train=40, n_test=16, n_val=12, captions_per_image=10)
 
 
 def spec(root, seed=0, **kw) -> DataSpec:
@@ -67,6 +67,22 @@ def test_item_contract(train, test_split):
     assert len(pickle.dumps(train)) < 200_000 and torch.equal(clone.load_image(3), raw)
 
 
+def test_validation_split_is_its_own(tmp_path, root, train, test_split):
+    """val: its own images, captions and attributes, none equal to a train or test image; adding it (or changing
+    its size) leaves the train and test images as they were."""
+    val = B.BuiltinDataset(spec(root), "val")
+    assert len(val) == 12 and val.content_hash == train.content_hash and val.vocab.ixtoword == train.vocab.ixtoword
+    flat = lambda ds: np.asarray(ds._images).reshape(len(ds), -1)  # noqa: E731
+    v, others = flat(val), np.concatenate([flat(train), flat(test_split)])
+    assert not (v[:, None, :] == others[None, :, :]).all(-1).any()  # no val image is a train or test image
+    assert any(val.attributes(i) != test_split.attributes(i) for i in range(12))  # its own draw, not test's
+    other = B.BuiltinDataset(spec(tmp_path, n_val=8), "train")
+    assert other.content_hash != train.content_hash  # n_val is a generation parameter
+    assert np.array_equal(np.asarray(other._images), np.asarray(train._images))
+    assert np.array_equal(np.asarray(B.BuiltinDataset(spec(tmp_path, n_val=8), "test")._images),
+                          np.asarray(test_split._images))
+
+
 def test_ground_truth_accessors(train):
     arr = train.attribute_array()
     assert set(arr) == set(B.ATTRIBUTES)
@@ -112,12 +128,13 @@ def test_hash_covers_every_parameter():
         ("seed", 5),
         ("n_train", 41),
         ("n_test", 17),
+        ("n_val", 13),
         ("imsize", 64),
         ("captions_per_image", 5),
         ("generator_version", B.GENERATOR_VERSION + 1),
     ]:
         hashes.add(B.content_hash_of({**base, key: value}))
-    assert len(hashes) == 7
+    assert len(hashes) == 8
 
 
 def test_cache_hit_does_not_regenerate(tmp_path, monkeypatch):
@@ -282,16 +299,17 @@ def test_registry_and_bad_split(root, train):
     ds = DATASETS.build("builtin", spec(root), "train")
     assert isinstance(ds, B.BuiltinDataset) and ds.content_hash == train.content_hash
     assert "builtin" in DATASETS
-    with pytest.raises(ValueError, match="train, test"):
-        DATASETS.build("builtin", spec(root), "val")
+    with pytest.raises(ValueError, match="train, test, val"):
+        DATASETS.build("builtin", spec(root), "dev")
 
 
 def test_cache_layout(train):
     names = sorted(p.name for p in train.root.iterdir())
     assert names == sorted(
         ["meta.json", "vocab.json"]
-        + [f"{s}_{k}" for s in ("train", "test") for k in ("images.npy", "captions.json", "labels.npz")]
+        + [f"{s}_{k}" for s in ("train", "test", "val") for k in ("images.npy", "captions.json", "labels.npz")]
     )
     meta = json.loads((train.root / "meta.json").read_text())
     assert meta["generator_version"] == B.GENERATOR_VERSION and meta["seed"] == 0
     assert np.load(train.root / "test_images.npy").shape == (16, 32, 32, 3)
+    assert np.load(train.root / "val_images.npy").shape == (12, 32, 32, 3) and meta["n_val"] == 12

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import dfgan.experiment  # noqa: F401  (registers the datasets)
+from dfgan.data.errors import DataError
 from dfgan.data.images import bird_crop_box, load_size
 from dfgan.data.vocab import MAX_WORDS, tokenize
 from dfgan.images import MIN_CELL
@@ -63,10 +64,10 @@ def check_item(ds, i, j, seed=7):
 # ---- birds (DF-GAN layout) ----------------------------------------------------------------------------------------
 def test_birds_contract_caption_indexing_and_cr_keys(tmp_path):
     fx = make_birds(tmp_path / "birds", n_train=5, n_test=3, cr_keys=True)
-    train, test, val = (open_ds("birds", tmp_path / "birds", s) for s in ("train", "test", "val"))
-    assert (len(train), len(test), len(val)) == (5, 3, 3) and train.captions_per_image == BIRDS_K
+    train, test = (open_ds("birds", tmp_path / "birds", s) for s in ("train", "test"))
+    assert (len(train), len(test)) == (5, 3) and train.captions_per_image == BIRDS_K
     assert train.vocab.ixtoword == fx["pickle"][2] and len(train.vocab) == len(fx["pickle"][2])
-    assert train.content_hash == test.content_hash == val.content_hash
+    assert train.content_hash == test.content_hash
     for split, ds, caps in (("train", train, fx["pickle"][0]), ("test", test, fx["pickle"][1])):
         for i in range(len(ds)):
             for j in range(BIRDS_K):
@@ -77,10 +78,30 @@ def test_birds_contract_caption_indexing_and_cr_keys(tmp_path):
     for i, j in ((0, 0), (4, 9), (2, 5)):
         check_item(train, i, j)
     check_item(test, 2, 3)
-    assert val.image_path(1) == test.image_path(1)  # 'val' reads the test files
     # ds[i] draws one of the K captions at random
     drawn = {train[1]["caption_index"] for _ in range(60)}
     assert len(drawn) > 3 and drawn <= set(range(BIRDS_K))
+
+
+def test_val_is_a_seeded_holdout_of_train_left_out_of_training(tmp_path):
+    """Without data.val_fraction there is no val split (a clear error naming the field); with it, a seeded part
+    of the train images is val, the rest is train (no image in both), and test is untouched."""
+    make_birds(tmp_path / "birds", n_train=10, n_test=3)
+    with pytest.raises(DataError, match="data.val_fraction"):
+        open_ds("birds", tmp_path / "birds", "val")
+    full = open_ds("birds", tmp_path / "birds", "train")
+    train, val, test = (open_ds("birds", tmp_path / "birds", s, val_fraction=0.3) for s in ("train", "val", "test"))
+    paths = lambda ds: [ds.image_path(i) for i in range(len(ds))]  # noqa: E731
+    assert (len(train), len(val), len(test)) == (7, 3, 3)
+    assert not set(paths(train)) & set(paths(val)) and set(paths(train)) | set(paths(val)) == set(paths(full))
+    assert paths(test) == paths(open_ds("birds", tmp_path / "birds", "test"))
+    assert train.content_hash != full.content_hash  # other training images: other caches
+    by_path = {full.image_path(i): full.caption_ids(i, 0) for i in range(len(full))}
+    assert all(val.caption_ids(i, 0) == by_path[val.image_path(i)] for i in range(len(val)))  # captions travel
+    again = open_ds("birds", tmp_path / "birds", "val", val_fraction=0.3)
+    other = open_ds("birds", tmp_path / "birds", "val", val_fraction=0.3, seed=1)
+    assert paths(again) == paths(val) and paths(other) != paths(val)  # seeded by data.seed
+    assert torch.equal(val[(0, 0, 1)]["image"], val[(0, 0, 2)]["image"])  # val is transformed as test (no crop)
 
 
 def test_bird_crop_box_formula():
@@ -190,7 +211,7 @@ def test_coco_json(tmp_path, year, nested):
     with pytest.warns(UserWarning, match="fewer than K captions") as rec:
         train = open_ds("coco_json", tmp_path / "raw")
     assert any("without any caption" in str(w.message) for w in rec)
-    test = open_ds("coco_json", tmp_path / "raw", "val")
+    test = open_ds("coco_json", tmp_path / "raw", "test")  # COCO's val2014/val2017 files: DF-GAN's test split
     assert train.captions_per_image == COCO_K and (len(train), len(test)) == (4, 3)  # the uncaptioned one skipped
     # ordered by image id, captions in annotation order; the first image had six: five kept
     names = [train.image_path(i).name for i in range(4)]

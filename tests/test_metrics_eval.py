@@ -33,7 +33,7 @@ def test_dfgan_train_prints_the_final_evaluation(tmp_path, capsys):
     assert main(["train", "--variant", "full", "--no-track", "--quiet", *tiny_overrides(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     lines = {r["metric"]: r for r in _lines(tmp_path / "runs" / out["run_dir"].split("/")[-1])}
-    assert set(lines) == {"attr_acc", "fd_attr"}
+    assert set(lines) == {"attr_acc", "fd_attr", "memorisation_attr"}
     for name, r in lines.items():
         assert out["metrics"][name] == pytest.approx(r["value"], abs=1e-4)
     for attr, v in lines["attr_acc"]["details"].items():
@@ -44,7 +44,7 @@ def test_dfgan_eval_adds_its_metrics_to_the_same_mlflow_run(tmp_path, capsys):
     spec = resolve_spec("full", overrides=tiny_overrides(tmp_path, **{"eval.metrics": "[]"}))  # eval's alone
     res = train(spec, progress=False, tracker=Tracker.for_spec(spec, uri=_uri(tmp_path)))
     rc = main(["eval", "--run", str(res.run_dir), "--metrics", "attr_acc,fd_attr,rprec_damsm", "--n", "24",
-               "--batch-size", "10", "--tracking-uri", _uri(tmp_path), "--device", "cpu", "--quiet"])
+               "--batch-size", "10", "--tracking-uri", _uri(tmp_path), "--device", "cpu", "--quiet", "--draws", "3"])
     out = capsys.readouterr().out
     assert rc == 0 and res.run_id in out and "attr_acc" in out and "NoP" in out
 
@@ -59,6 +59,7 @@ def test_dfgan_eval_adds_its_metrics_to_the_same_mlflow_run(tmp_path, capsys):
     assert "loss_d" in metrics  # the training's own metrics are still there: same run
     proto = json.loads(tags["protocol.attr_acc"])
     assert proto["n_images"] == 24 and proto["split"] == "test" and proto["truncation"] == spec.model.truncation
+    assert proto["noise_seeds"] == [0, 1, 2] and "attr_acc.draw2" in metrics  # --draws 3
     assert json.loads(tags["protocol.rprec_damsm"])["candidates"] == 100
     hist = client.get_metric_history(res.run_id, "attr_acc")
     assert [m.step for m in hist] == [spec.train.steps]
@@ -75,21 +76,55 @@ def test_dfgan_eval_adds_its_metrics_to_the_same_mlflow_run(tmp_path, capsys):
 
 
 def test_periodic_evaluation_is_logged_and_does_not_change_training(tmp_path):
+    """Periodic and final evaluations are logged; evaluation does not disturb training. With eval.split=val every
+    evaluation uses the val split and logs val names; the periodic one uses one noise draw, the final one
+    eval.noise_draws (2) with each draw's seed in the protocol, the mean as the value and each draw's value and
+    their SD in the details (and in MLflow)."""
     plain = train(resolve_spec("full", overrides=tiny_overrides(tmp_path / "a")), progress=False,
                   tracker=Tracker(enabled=False))
-    spec = resolve_spec("full", overrides=tiny_overrides(tmp_path / "b", **EVAL, **{"eval.interval": 2}))
+    spec = resolve_spec("full", overrides=tiny_overrides(tmp_path / "b", **EVAL, **{"eval.interval": 2,
+                                                                                  "eval.split": "val"}))
     res = train(spec, progress=False, tracker=Tracker.for_spec(spec, uri=_uri(tmp_path)))
     lines = _lines(res.run_dir)
-    assert [(r["metric"], r["step"]) for r in lines] == [("attr_acc", 2), ("fd_attr", 2), ("attr_acc", 4),
-                                                         ("fd_attr", 4)]
-    assert all(r["source"] == "train" and r["n_images"] == 16 for r in lines)
+    assert [(r["metric"], r["step"]) for r in lines] == [("attr_acc_val", 2), ("fd_attr_val", 2),
+                                                         ("attr_acc_val", 4), ("fd_attr_val", 4)]
+    assert all(r["source"] == "train" and r["n_images"] == 16 and r["protocol"]["split"] == "val" for r in lines)
+    assert lines[1]["protocol"]["reference"]["n"] == spec.data.n_val  # the val images are the reference
     client = mlflow.tracking.MlflowClient(_uri(tmp_path))
-    assert [m.step for m in client.get_metric_history(res.run_id, "fd_attr")] == [2, 4]
-    assert "protocol.fd_attr" in client.get_run(res.run_id).data.tags
+    assert [m.step for m in client.get_metric_history(res.run_id, "fd_attr_val")] == [2, 4]
+    assert "protocol.fd_attr_val" in client.get_run(res.run_id).data.tags
+    periodic, final = lines[0], lines[2]
+    assert periodic["protocol"]["noise_seeds"] == [0] and "noise_sd" not in periodic["details"]
+    assert final["protocol"]["noise_draws"] == 2 and final["protocol"]["noise_seeds"] == [0, 1]
+    for r in lines[2:]:
+        d = r["details"]
+        draws = [d["draw0"], d["draw1"]]
+        assert r["value"] == pytest.approx(np.mean(draws)) and d["noise_sd"] == pytest.approx(np.std(draws, ddof=1))
+    assert 0 <= final["details"]["colour"] <= 1  # per-attribute parts: their mean over the draws
+    metrics = client.get_run(res.run_id).data.metrics
+    assert metrics["attr_acc_val.noise_sd"] == pytest.approx(final["details"]["noise_sd"])
+    assert "attr_acc" not in metrics and res.evaluation["fd_attr_val"] == pytest.approx(lines[3]["value"])
     # evaluation draws from its own generators: the trained weights are bit-identical to a run without it
     wa = torch.load(plain.run_dir / "final_weights.pt", weights_only=True)["models"]
     wb = torch.load(res.run_dir / "final_weights.pt", weights_only=True)["models"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_metric_names_carry_their_split():
+    from dfgan.metrics.registry import for_split, metric, on_split
+    from dfgan.registry import RegistryError
+
+    for test_name, val_name in [("attr_acc", "attr_acc_val"), ("fd_attr", "fd_attr_val"),
+                                ("fid1k_test_clean", "fid1k_val_clean"), ("kid_test_clean", "kid_val_clean"),
+                                ("fid2k_test_legacy_pytorch", "fid2k_val_legacy_pytorch")]:
+        assert on_split(test_name, "val") == val_name and on_split(val_name, "test") == test_name
+        v, t = metric(val_name), metric(test_name)
+        assert (v.split, t.split) == ("val", "test")
+        assert (v.kind, v.extractor, v.count) == (t.kind, t.extractor, t.count)
+    assert for_split("attr_acc,fd_attr", "val") == ["attr_acc_val", "fd_attr_val"]
+    for bad in ("nope_val", "attr_acc_val_val"):
+        with pytest.raises(RegistryError, match="unknown metric"):
+            metric(bad)
 
 
 def test_generated_images_do_not_depend_on_the_batch_size(tmp_path):

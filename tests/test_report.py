@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy import stats
@@ -23,6 +25,7 @@ from dfgan.reports.tables import latex_escape
 SEEDS = (100, 101, 102)
 # final attr_acc per seed; 'worse' is clearly below full, 'same' differs from full by noise only
 FINAL = {"full": (0.80, 0.82, 0.81), "worse": (0.50, 0.55, 0.52), "same": (0.81, 0.79, 0.83)}
+NOISE_SD = {100: 0.004, 101: 0.006, 102: 0.008}  # SD between the noise draws of each run's final evaluation
 
 
 def _log(client: MlflowClient, exp_id: str, tags: dict, metrics: dict[str, dict[int, float]],
@@ -42,7 +45,7 @@ def _cell_tags(study, kind, variant, seed, parent):
             "fusion": "concat" if variant == "worse" else "dfblock", "backbone": "one_stage",
             "nop_trainable": 1000 + len(variant), "nop_paper": 5000, "protocol.attr_acc": "classifier-v1",
             "git_commit": "abc123", "device": "cpu", "overrides": "model.nf=4", "mlflow.parentRunId": parent,
-            "trial": seed - 100}
+            "trial": seed - 100, "data_version": 7, "runtime_threads": 3, "text_encoder_sha256": "f" * 64}
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +57,22 @@ def synthetic(tmp_path_factory):
     client = MlflowClient(uri)
     exp = client.create_experiment("synth", artifact_location=(tmp / "art").as_uri())
     parent = client.create_run(exp, tags={"role": "invocation", "study": "synth", "cells": "worse,same,full",
-                                          "command": "dfgan ablate --study synth", "hw.cpu": "test-cpu"}).info.run_id
+                                          "command": "dfgan ablate --study synth", "hw.cpu": "test-cpu",
+                                          "hw.torch_threads": "16"}).info.run_id
     # an older run of (full, 100) with another value: the latest finished one must win
     _log(client, exp, _cell_tags("synth", "cumulative", "full", 100, parent), {"attr_acc": {3: 0.1}},
          {"data.imsize": 32, "model.nf": 4})
     for variant, finals in FINAL.items():
         for seed, final in zip(SEEDS, finals, strict=True):
             hist = {1: final / 3, 2: final / 2, 3: final}
+            memo = 0.6 if variant == "worse" else 0.01  # 'worse' copies its training images
+            extra = {"attr_acc.noise_sd": {3: NOISE_SD[seed]}, "memorisation_attr": {3: memo},
+                     "memorisation_attr.share": {3: 0.8 + 0.2 * memo}, "memorisation_attr.expected": {3: 0.8},
+                     "memorisation_attr.threshold": {3: 0.1}, "memorisation_attr.flagged": {3: float(memo > 0.1)}}
             _log(client, exp, _cell_tags("synth", "cumulative", variant, seed, parent),
-                 {"attr_acc": hist, "loss_g": {3: 1.0}}, {"data.imsize": 32, "model.nf": 4})
+                 {"attr_acc": hist, "loss_g": {3: 1.0}, **extra},
+                 {"data.imsize": 32, "model.nf": 4, "train.seed": seed,
+                  "model.fusion.name": "concat" if variant == "worse" else "dfblock"})
     _log(client, exp, {**_cell_tags("synth", "cumulative", "worse", 103, parent), "error": "boom"},
          {"loss_g": {1: 1.0}}, {}, status="FAILED")
     client.set_terminated(parent, "FINISHED")
@@ -144,6 +154,13 @@ def test_report_tables_figures_provenance(synthetic):
     assert t1.loc["same", "sampling img/s"].startswith("123.4")
     assert "DF-GAN (paper): CUB FID 14.81" in t1.loc["full", "published (other data/protocol)"]
     assert t1.loc["worse", "NoP (G+D+heads)"] == "1,005"
+    assert t1.loc["full", "attr_acc eval SD"] == "0.006"  # the evaluation's SD beside the seed SD
+    assert "memorisation_attr ↓" not in t1.columns  # a check, not a quality column
+    memo = rep.tables["memorisation_memorisation_attr"].frame.set_index("variant")
+    assert memo.loc["worse", "runs flagged"] == "3 of 3" and memo.loc["worse", "reading"].startswith("FLAGGED")
+    assert memo.loc["full", "reading"] == "no sign of memorisation"
+    assert memo.loc["worse", "nearest real image is a training one"] == "0.92 (expected 0.8)"
+    assert any("flagged worse" in n for n in rep.notes)
 
     t2 = rep.tables["table2_components"].frame.set_index("variant")
     col = "Δ attr_acc vs full [95% CI]"
@@ -170,8 +187,13 @@ def test_report_tables_figures_provenance(synthetic):
     for fig in ("curves_attr_acc.png", "final_attr_acc.png", "quality_nop_speed.png"):
         assert (rep.folder / "figures" / fig).stat().st_size > 10_000
     readme = (rep.folder / "README.md").read_text()
-    for s in ("data123", "h-worse-101", "classifier-v1", "test-cpu", "abc123", "dfgan ablate --study synth"):
+    for s in ("data123", "h-worse-101", "classifier-v1", "test-cpu", "abc123", "dfgan ablate --study synth",
+              "built-in data version 7", "torch threads (per run): 3", "`ffffffffffffffff`"):
         assert s in readme
+    assert "torch_threads" not in readme  # the invoking process's thread count is not the runs'
+    spec = readme[readme.index("Resolved spec"):]
+    assert "```yaml\ndata:\n  imsize: 32\nmodel:\n  nf: 4\n```" in spec  # common to every cell
+    assert "- worse: `model.fusion.name=concat`" in spec and "train.seed" not in spec
     assert any("replaced by the latest" in n for n in rep.notes) and any("1 failed" in n for n in rep.notes)
     assert len(pd.read_csv(rep.folder / "runs.csv")) == 9
 
@@ -195,3 +217,43 @@ def test_factorial_report(synthetic):
     assert any("no seed replication" in n for n in rep.tables["factorial_effects"].notes)
     assert len(rep.tables["table1_variants"].frame) == 16
     assert (rep.folder / "figures" / "factorial_effects.png").is_file()
+
+
+def test_dfgan_report_of_a_tiny_study_shows_steps_eval_sd_memorisation_and_provenance(tmp_path, monkeypatch):
+    """`dfgan ablate` + `dfgan report` on a real tiny cumulative study (2 rows x 2 seeds): the per-step rows
+    (each row against the previous one), the evaluation SD of the noise draws beside the seed SD, the
+    memorisation check, and the provenance block with the built-in data version, the code commit, the runs'
+    threads, the text encoders' weights hash and the resolved spec."""
+    from dfgan.cli import main
+    from dfgan.data.builtin import GENERATOR_VERSION
+    from dfgan.fingerprint import CODE
+
+    monkeypatch.setenv("DFGAN_CACHE", str(tmp_path / "cache"))
+    tiny = ["model.nf=4", "data.imsize=32", "train.steps=2", "model.text_encoder.pretrain_steps=2",
+            "model.text_encoder.pretrain_batch_size=8", "data.n_train=48", "data.n_test=16", "data.n_val=8",
+            "train.batch_size=8", "train.threads=1", "eval.n_images=16", f"train.out_dir={tmp_path / 'runs'}"]
+    study = tmp_path / "steps.yaml"
+    study.write_text(yaml.safe_dump({"name": "steps", "kind": "cumulative", "variants": ["no_magp", "full"],
+                                     "seeds": 2, "overrides": tiny}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["ablate", "--study", "steps", "--definition", str(study), "--tracking-uri", uri,
+                 "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--no-progress"]) == 0
+    assert main(["report", "--study", "steps", "--tracking-uri", uri, "--out", str(tmp_path / "reports")]) == 0
+    folder = tmp_path / "reports" / "steps"
+    readme = (folder / "README.md").read_text()
+    # per-step rows: full against the row before it (no_magp), with its interval
+    t2 = (folder / "table2_components.md").read_text()
+    assert "Δ attr_acc vs previous row [95% CI]" in t2 and "(first row)" in t2
+    assert re.search(r"\| full \|[^\n]*\| [+-][\d.e-]+ \[[+-][\d.e-]+, [+-][\d.e-]+\]", t2)
+    # the evaluation SD (2 noise draws of every final evaluation) beside the seed SD
+    t1 = (folder / "table1_variants.md").read_text()
+    assert "attr_acc eval SD" in t1 and "SD between the noise draws" in t1
+    runs = pd.read_csv(folder / "runs.csv")
+    assert runs["metrics.attr_acc.noise_sd"].notna().all() and (runs["metrics.attr_acc.noise_sd"] >= 0).all()
+    # the memorisation check, in its own table
+    assert "Memorisation check (memorisation_attr)" in readme and runs["metrics.memorisation_attr"].notna().all()
+    # provenance
+    prov = readme[readme.index("## Provenance"):]
+    assert f"built-in data version {GENERATOR_VERSION}" in prov and CODE.label in prov
+    assert "torch threads (per run): 1" in prov and "text encoder weights" in prov
+    assert "Resolved spec" in prov and "noise_draws: 2" in prov and "- full: `model.regulariser.name=ma_gp`" in prov

@@ -83,8 +83,9 @@ def test_auto_metrics_follow_the_dataset():
     """eval.metrics "auto": the built-in data's attribute metrics, nothing on real data; an explicit list is kept
     and resolves to the same spec hash as the "auto" it equals."""
     builtin = resolve_spec("full")
-    assert builtin.eval.metrics == ["attr_acc", "fd_attr"]
-    assert run_hash(resolve_spec("full", overrides=["eval.metrics=[attr_acc, fd_attr]"])) == run_hash(builtin)
+    assert builtin.eval.metrics == ["attr_acc", "fd_attr", "memorisation_attr"]
+    assert run_hash(resolve_spec("full", overrides=["eval.metrics=[attr_acc, fd_attr, memorisation_attr]"])) == \
+        run_hash(builtin)
     assert resolve_spec("full", overrides=["data.name=birds", "data.root=x"]).eval.metrics == []
     assert resolve_spec("full", overrides=["eval.metrics=[]"]).eval.metrics == []
     with pytest.raises(SpecError, match="eval.metrics"):
@@ -115,20 +116,40 @@ def test_builtin_data_version_is_part_of_the_spec_hash(monkeypatch, tmp_path):
     assert "generator_version" not in run_identity(real)["data"]
 
 
+def test_validation_fields_are_hashed_only_where_they_are_read(tmp_path):
+    """data.n_val sizes the built-in val split (hashed there only); data.val_fraction holds out part of a real
+    dataset's train split (hashed there only, and only when > 0: a real-data spec without a hold-out keeps its
+    hash)."""
+    b = resolve_spec("full")
+    assert run_hash(resolve_spec("full", overrides=["data.n_val=100"])) != run_hash(b)
+    assert run_hash(resolve_spec("full", overrides=["data.val_fraction=0.2"])) == run_hash(b)
+    from tests.data_fixtures import make_birds
+
+    make_birds(tmp_path / "birds", n_train=4, n_test=2)
+    real = ["data.name=birds", f"data.root={tmp_path / 'birds'}"]
+    r = resolve_spec("full", overrides=real)
+    assert "val_fraction" not in run_identity(r)["data"] and "n_val" not in run_identity(r)["data"]
+    assert run_hash(resolve_spec("full", overrides=[*real, "data.n_val=100"])) == run_hash(r)
+    assert run_hash(resolve_spec("full", overrides=[*real, "data.val_fraction=0.1"])) != run_hash(r)
+
+
 # Run hashes of named variants, as their study cells and run folders know them. A change here orphans every
 # existing run and study cell of that variant: only a change of what the variant computes may move its hash.
-# full, no_magp, two_way and stacked are as before the spec -> experiment restructuring (a2d17fd); the other four
-# moved once since, when their computation was fixed (equal-footing arms: cross-attention with the sentence at the
-# generator's input, r1 in the training precision), through spec.computation_versions.
+# All eight moved together (issue 13) when the built-in data got its own validation split (data.n_val, built-in
+# data version 7: a new version of the data is a new experiment) and the evaluation got eval.split (the split the
+# run's evaluations use), eval.noise_draws (final values: the mean over 2 noise draws) and, on the built-in data,
+# the memorisation check among its auto metrics. Before that, four had moved once, when their
+# computation was fixed (equal-footing arms: cross-attention with the sentence at the generator's input, r1 in
+# the training precision), through spec.computation_versions.
 KNOWN_HASHES = {
-    "full": "ea636cb197de7869",
-    "no_magp": "8d38a80843083bba",
-    "two_way": "5afb631f81442a9b",
-    "stacked": "afdfee514a8b1704",
-    "cross_attention": "af1bf7015fd7e9f6",
-    "baseline": "ad0015b623f26250",
-    "baseline_onestage_magp": "877ff0e3dce0b8e2",
-    "r1": "d391740a5e8069de",
+    "full": "0af9269f56d26b3a",
+    "no_magp": "4915dca16ee9a154",
+    "two_way": "82d39386dcd5dc78",
+    "stacked": "9e806f1ad3609de3",
+    "cross_attention": "b7bf91ab49a24698",
+    "baseline": "b8baa8ce35715447",
+    "baseline_onestage_magp": "9f8a427795ec4335",
+    "r1": "c00ebeda2dcbe0e7",
 }
 
 

@@ -21,7 +21,8 @@ from dfgan.studies.storage import describe_storage, open_storage
 from dfgan.train import loop
 
 TINY = ["model.nf=4", "data.imsize=32", "train.steps=2", "model.text_encoder.pretrain_steps=2",
-        "data.n_train=64", "data.n_test=16", "train.batch_size=8", "train.threads=1", "eval.n_images=32"]
+        "data.n_train=64", "data.n_test=16", "data.n_val=16", "train.batch_size=8", "train.threads=1",
+        "eval.n_images=32"]
 
 
 @pytest.fixture
@@ -209,31 +210,43 @@ def test_single_variant_command(env):
 
 def test_search_reports_prunes_and_exports(env, monkeypatch, tmp_path):
     """TPE over lr_g; a stand-in for the periodic attr_acc (peaked at lr_g = 1e-4, so the test knows the
-    values) reaches the trials through the training loop's on_eval hook; the median pruner stops the worse
-    ones; the best becomes a variant file."""
+    values) reaches the trials through the training loop's on_eval hook, on the validation split; the median
+    pruner stops the worse ones after its warm-up and never at the final evaluation; the best is retrained on
+    fresh seeds and evaluated on test, and becomes a variant file."""
+    from dfgan.studies.search import prune_warmup
 
     def score(spec):
         return -abs(math.log10(spec.train.lr_g) + 4.0)
 
+    evaluated: list[tuple[str, int, int]] = []
+
     def fake_eval(spec, run_hash, gan, conditioner, dataset, device, tracker, step, run_dir):
-        values = {"attr_acc": score(spec)}
+        evaluated.append((spec.eval.split, spec.train.seed, step))
+        values = {"attr_acc" if spec.eval.split == "test" else "attr_acc_val": score(spec)}
         tracker.metrics(values, step)
         return [{"metric": k, "value": v} for k, v in values.items()]
 
     monkeypatch.setattr(loop, "evaluate_during_training", fake_eval)
     export = tmp_path / "tuned_best.yaml"
-    over = [*env["overrides"], "train.steps=4", "eval.interval=1", "eval.metrics=[attr_acc]"]
+    over = [*env["overrides"], "train.steps=4", "eval.interval=1", "eval.metrics=[attr_acc]",
+            "eval.prune_warmup_steps=2"]
+    assert prune_warmup(resolve_spec("full", overrides=["train.steps=100"])) == 25  # default: a quarter
     out = run_search(study="tune", variant="full", params=parse_params("train.lr_g=loguniform(1e-6,1e-2)"),
                      n_trials=4, metric="attr_acc", direction="maximize", overrides=over,
                      storage_url=env["storage"], tracking_uri=env["uri"], export=export, sampler_seed=3,
-                     echo=lambda s: None)
+                     retrain_seeds=2, echo=lambda s: None)
     study = optuna.load_study(study_name="tune", storage=open_storage(env["storage"]))
     trials = study.trials
-    assert out.complete + out.pruned == 4 and out.pruned >= 1
-    for t in trials:  # every trial got the periodic values through the hook
-        assert sorted(t.intermediate_values)[:1] == [1]
+    assert out.metric == "attr_acc_val" and out.complete + out.pruned == 4 and out.pruned >= 1
+    trial_evals = [e for e in evaluated if e[1] == 100]
+    assert {split for split, _, _ in trial_evals} == {"val"}  # selection never looked at test
+    for t in trials:  # every trial got the periodic values through the hook, never the final one
+        assert sorted(t.intermediate_values)[:1] == [1] and max(t.intermediate_values) < 4
         assert all(v == pytest.approx(-abs(math.log10(t.params["train.lr_g"]) + 4.0))
                    for v in t.intermediate_values.values())
+        trained_to_the_end = ("val", 100, 4) in evaluated and t.state == TrialState.COMPLETE
+        assert t.state == TrialState.COMPLETE or max(t.intermediate_values) >= 2, "pruned inside the warm-up"
+        assert trained_to_the_end or t.state == TrialState.PRUNED
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     for t in trials:
         if t.state == TrialState.PRUNED:  # pruned below the median of the earlier trials at that step
@@ -243,8 +256,12 @@ def test_search_reports_prunes_and_exports(env, monkeypatch, tmp_path):
             assert t.intermediate_values[step] < earlier[len(earlier) // 2] + 1e-12 or len(earlier) < 2
     best = max(complete, key=lambda t: t.value)
     assert out.best_trial == best.number
+    # the best trial retrained on fresh seeds (not the trials' 100), evaluated on test
+    assert sorted(out.retrain.values) == [101, 102] and out.retrain.metric == "attr_acc"
+    assert [e for e in evaluated if e[1] != 100] == [("test", 101, 4), ("test", 102, 4)]
+    assert out.retrain.mean == pytest.approx(best.value) and out.retrain.lo == pytest.approx(best.value)
     exported = yaml.safe_load(export.read_text())
-    assert exported["extends"] == "full"
+    assert exported["extends"] == "full" and "retrained on fresh seeds" in export.read_text()
     assert exported["train"]["lr_g"] == pytest.approx(best.params["train.lr_g"])
     assert resolve_spec(spec_file=export).train.lr_g == pytest.approx(best.params["train.lr_g"])
     runs = _cell_runs(env["uri"], "tune")
@@ -255,8 +272,10 @@ def test_search_reports_prunes_and_exports(env, monkeypatch, tmp_path):
 
     rep = build_report("tune", tracking_uri=env["uri"], out_dir=tmp_path / "reports")
     trials = rep.tables["search_trials"].frame
-    assert rep.metric == "attr_acc" and len(trials) == out.complete
+    assert rep.metric == "attr_acc_val" and len(trials) == out.complete  # every finished trial, no retrained run
     assert int(trials["trial"].iloc[0]) == best.number  # best first
+    retrained = rep.tables["search_best_retrained"].frame
+    assert list(retrained["seed"])[:2] == [101, 102] and "95% CI" in retrained.iloc[2, 1]
 
 
 def test_dead_worker_trial_is_failed_and_retried(env):

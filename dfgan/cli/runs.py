@@ -28,6 +28,8 @@ def _eval_args(p):
     p.add_argument("--ref-stats", help="npz with mu/sigma (e.g. DF-GAN's) to use as FID reference statistics "
                    "instead of the cached ones computed from the test split")
     p.add_argument("--seed", type=int, default=0, help="noise / candidate sampling seed (default 0)")
+    p.add_argument("--draws", type=int, help="noise draws, seeds SEED, SEED+1, ...; the value is their mean "
+                   "(default: spec.eval.noise_draws)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI of the run (default: the spec's, "
                    "$MLFLOW_TRACKING_URI, else sqlite:///<run folder's parent>/mlflow.db)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow (metrics.jsonl is still written)")
@@ -43,6 +45,8 @@ def _list() -> int:
     for name in METRICS.names():
         print(f"{name:28s} {METRICS.entry(name).summary}")
     print(f"\nany FID/KID count: {COUNTED_PATTERN}, e.g. fid2k_test_clean")
+    print("any of them on the validation split: _test -> _val where the name has it, else _val appended "
+          "(fid2k_val_clean, attr_acc_val)")
     return 0
 
 
@@ -56,7 +60,7 @@ def _eval(args) -> int:
 
     opts = EvalOptions(n=args.n, batch_size=args.batch_size, inception=args.inception,
                        inception_legacy=args.inception_legacy, ref_stats=args.ref_stats, seed=args.seed,
-                       progress=not args.quiet)
+                       progress=not args.quiet, draws=args.draws)
     names = [m for m in (args.metrics or "").split(",") if m.strip()] or None
     res = evaluate_run(args.run, names, options=opts, device=args.device, tracking_uri=args.tracking_uri,
                        track=not args.no_track)

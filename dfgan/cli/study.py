@@ -107,6 +107,8 @@ def _search_args(p):
     p.add_argument("--direction", default="maximize", choices=["maximize", "minimize"])
     p.add_argument("--pruner", default="median", choices=["median", "none"])
     p.add_argument("--seed", type=int, help="TPE sampler seed (default: random)")
+    p.add_argument("--retrain-seeds", type=int, default=3, help="retrain the best trial on this many fresh seeds "
+                   "and report it on the test split with its interval (default 3; 0: skip)")
     p.add_argument("--export", help="where to write the best spec (default ablations/variants/<study>_best.yaml)")
     _storage_args(p)
     _progress_flag(p)
@@ -121,9 +123,11 @@ def _search(args) -> int:
     out = run_search(study=args.study, variant=args.variant, params=parse_params(args.params),
                      n_trials=args.trials, metric=args.metric, direction=args.direction, overrides=args.overrides,
                      storage_url=args.storage, tracking_uri=args.tracking_uri, pruner=args.pruner,
-                     export=args.export, sampler_seed=args.seed, progress=progress)
+                     export=args.export, sampler_seed=args.seed, progress=progress,
+                     retrain_seeds=args.retrain_seeds)
     print(json.dumps({"study": out.study, "complete": out.complete, "pruned": out.pruned, "failed": out.failed,
-                      "best_trial": out.best_trial, "best_value": out.best_value, "best": out.best_values,
+                      "best_trial": out.best_trial, "best_value": out.best_value, "metric": out.metric,
+                      "best": out.best_values, "retrain": out.retrain.to_dict() if out.retrain else None,
                       "exported": str(out.exported) if out.exported else None}, indent=2))
     return 0 if out.complete else 1
 

@@ -4,8 +4,9 @@ Made on first use from a seed and cached on disk under a hash of every generatio
 train and evaluate anywhere.  Each image shows 1-3 identical objects whose colour, shape, size, horizontal
 position and count, and the image background, are drawn at random (``dfgan.data.builtin_render``) and written
 into K captions (``dfgan.data.builtin_captions``); the attributes are kept as integer class ids so that a metric
-can check whether a generated image matches its caption (attribute accuracy). This module generates the splits,
-caches them and serves them as a dataset.
+can check whether a generated image matches its caption (attribute accuracy). This module generates the splits
+(``train``; ``test``, which tables report; ``val``, which searches and any choice of defaults use), caches them
+and serves them as a dataset.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ from dfgan.registry import DATASETS
 from dfgan.runs import cache_dir
 from dfgan.spec import DataSpec
 
-GENERATOR_VERSION = 6  # bump whenever rendering, captions or attribute sampling change (changes the hash)
-SPLITS = ("train", "test")
+# bump whenever rendering, captions, attribute sampling or the splits change (changes the hash). 7: a validation
+# split of its own ("val", data.n_val images; train and test images are as in 6; the vocabulary is built over all three)
+GENERATOR_VERSION = 7
+# the index of a split seeds its random streams: a new split goes at the end (the others keep their bytes)
+SPLITS = ("train", "test", "val")
 
 # ---------------------------------------------------------------- generation and cache
 
@@ -46,7 +50,8 @@ def _sample_attributes(n: int, rng: np.random.Generator) -> dict[str, np.ndarray
 
 
 def generate_split(n: int, imsize: int, k: int, seed: int, split: str, progress=None) -> dict:
-    """Render ``n`` images with ``k`` captions each; deterministic in (seed, split)."""
+    """Render ``n`` images with ``k`` captions each; deterministic in (seed, split): the splits are independent
+    draws (their own attributes, captions and pixel noise), so val shares no image with train or test."""
     ss = np.random.SeedSequence([int(seed), SPLITS.index(split)])
     attr_rng, cap_rng, img_rng = (np.random.default_rng(s) for s in ss.spawn(3))
     labels = _sample_attributes(n, attr_rng)
@@ -78,6 +83,7 @@ def generation_params(spec: DataSpec) -> dict:
         "seed": int(spec.seed),
         "n_train": int(spec.n_train),
         "n_test": int(spec.n_test),
+        "n_val": int(spec.n_val),
         "imsize": int(spec.imsize),
         "captions_per_image": int(spec.captions_per_image),
     }
@@ -89,14 +95,14 @@ def content_hash_of(params: dict) -> str:
 
 
 def _write_cache(folder: Path, params: dict) -> None:
-    """Generate both splits and the shared vocabulary into ``folder`` (atomically)."""
+    """Generate every split and the shared vocabulary into ``folder`` (atomically)."""
     from tqdm import tqdm
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
     try:
-        sizes = {"train": params["n_train"], "test": params["n_test"]}
+        sizes = {"train": params["n_train"], "test": params["n_test"], "val": params["n_val"]}
         data = {}
         with tqdm(total=sum(sizes.values()), desc=f"builtin data ({params['imsize']}px)", unit="img") as bar:
             for split in SPLITS:

@@ -186,4 +186,4 @@ def coco_json(spec, split: str) -> FileCaptionDataset:
     """MS-COCO 2014/2017 as downloaded: image folders + annotations/captions_*.json (K=5), nothing to preprocess."""
     split = canonical_split("coco_json", split)
     sc = scan(spec.root, imsize=spec.imsize, max_images=spec.max_images)
-    return open_split("coco_json", sc, split, spec.imsize)
+    return open_split("coco_json", sc, split, spec.imsize, val_fraction=spec.val_fraction, seed=spec.seed)

@@ -266,7 +266,7 @@ def scan(kind: str, root, *, imsize: int, max_images: int | None = None) -> Scan
 def open_dfgan_layout(kind: str, spec, split: str) -> FileCaptionDataset:
     split = canonical_split(kind, split)
     sc = scan(kind, spec.root, imsize=spec.imsize, max_images=spec.max_images)
-    return open_split(kind, sc, split, spec.imsize)
+    return open_split(kind, sc, split, spec.imsize, val_fraction=spec.val_fraction, seed=spec.seed)
 
 
 @DATASETS.register("birds")

@@ -40,16 +40,27 @@ from dfgan.data.layouts import layout_hint
 from dfgan.data.vocab import Vocab, pad_caption, tokenize
 from dfgan.runs import cache_dir
 
-SPLITS = ("train", "test")
-SPLIT_ALIASES = {"train": "train", "test": "test", "val": "test"}  # the official 'val' split reads the test files
+SPLITS = ("train", "test")  # the splits on disk; "val" is a seeded hold-out of train (``holdout_indices``)
+SPLIT_ALIASES = {"train": "train", "test": "test", "val": "val"}
 SCAN_VERSION = 1  # bump when what a scan derives changes: content hashes (and cached text encoders) change
+HOLDOUT_STREAM = 1013  # the hold-out's own random stream of data.seed (no other draw uses it)
 
 
 def canonical_split(name: str, split: str) -> str:
     try:
         return SPLIT_ALIASES[split]
     except KeyError:
-        raise ValueError(f"{name} dataset: unknown split {split!r}; allowed: train, test, val (= test)") from None
+        raise ValueError(f"{name} dataset: unknown split {split!r}; allowed: train, test, val (a seeded hold-out "
+                         "of train, data.val_fraction)") from None
+
+
+def holdout_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of the train images held out as the validation split: ``round(fraction * n)`` of them
+    (at least 1 when ``fraction`` > 0), a seeded draw. These images are never in the training split."""
+    if fraction <= 0:
+        return np.zeros(0, dtype=np.int64)
+    k = min(n - 1, max(1, round(fraction * n)))
+    return np.sort(np.random.default_rng([int(seed), HOLDOUT_STREAM]).permutation(n)[:k])
 
 
 def require_root(name: str, root) -> Path:
@@ -214,10 +225,18 @@ def check_images_exist(idx: SplitIndex, problems: Problems, split: str, listed_i
             problems.add("missing_image", p, f"listed in {listed_in}", split)
 
 
-class FileCaptionDataset(CaptionDataset):
-    """One split of a scanned image-and-caption dataset (see the module docstring)."""
+def _subset(idx: SplitIndex, keep: np.ndarray) -> SplitIndex:
+    pick = [int(i) for i in keep]
+    return SplitIndex([idx.images[i] for i in pick], [idx.captions[i] for i in pick],
+                      None if idx.boxes is None else [idx.boxes[i] for i in pick],
+                      None if idx.caption_sources is None else [idx.caption_sources[i] for i in pick], idx.present)
 
-    def __init__(self, scan: Scan, split: str, imsize: int):
+
+class FileCaptionDataset(CaptionDataset):
+    """One split of a scanned image-and-caption dataset (see the module docstring). With ``val_fraction`` > 0
+    the train images of ``holdout_indices`` are the ``val`` split and are left out of ``train``."""
+
+    def __init__(self, scan: Scan, split: str, imsize: int, *, val_fraction: float = 0.0, seed: int = 0):
         self.name = scan.name
         self.split = split
         self.imsize = int(imsize)
@@ -227,7 +246,16 @@ class FileCaptionDataset(CaptionDataset):
         self.content_hash = scan.content_hash
         self.problems = scan.problems
         self.notes = list(scan.notes)
-        self._index = scan.splits[split]
+        self._index = scan.splits["train" if split == "val" else split]
+        if split == "val" and val_fraction <= 0:
+            raise DataError(f"{self.name} dataset has no validation split: set data.val_fraction (e.g. 0.1) to hold "
+                            "out a seeded part of the train images as 'val' (they are then left out of training)")
+        if val_fraction > 0 and split in ("train", "val"):
+            held = holdout_indices(len(self._index), val_fraction, seed)
+            keep = held if split == "val" else np.setdiff1d(np.arange(len(self._index)), held)
+            self._index = _subset(self._index, keep)
+            # the training images differ from the full split's: their own hash (caches, the run's dataset_hash)
+            self.content_hash = sha16({"scan": scan.content_hash, "val_fraction": val_fraction, "seed": seed})
         self._exif = scan.exif_transpose
         self.conversions: Counter = Counter()  # original image mode -> images converted to RGB (this process)
         self._warned = False
@@ -278,12 +306,14 @@ class FileCaptionDataset(CaptionDataset):
                 "caption_index": j}
 
 
-def open_split(name: str, scan: Scan, split: str, imsize: int) -> FileCaptionDataset:
-    """The dataset for ``split`` of ``scan``: raises the first fatal problem of that split, warns once about
-    the handled ones."""
-    idx = scan.splits.get(split)
-    scan.problems.raise_fatal(split)
+def open_split(name: str, scan: Scan, split: str, imsize: int, *, val_fraction: float = 0.0,
+               seed: int = 0) -> FileCaptionDataset:
+    """The dataset for ``split`` of ``scan`` (``val``: the hold-out of train, ``val_fraction`` of it drawn with
+    ``seed``): raises the first fatal problem of that split, warns once about the handled ones."""
+    on_disk = "train" if split == "val" else split
+    idx = scan.splits.get(on_disk)
+    scan.problems.raise_fatal(on_disk)
     if idx is None or not idx.present:
-        raise MissingDataError(f"{name} dataset at {scan.root} has no {split} split", str(scan.root))
-    scan.problems.warn(split, stacklevel=4)
-    return FileCaptionDataset(scan, split, imsize)
+        raise MissingDataError(f"{name} dataset at {scan.root} has no {on_disk} split", str(scan.root))
+    scan.problems.warn(on_disk, stacklevel=4)
+    return FileCaptionDataset(scan, split, imsize, val_fraction=val_fraction, seed=seed)

@@ -154,4 +154,4 @@ def folder(spec, split: str) -> FileCaptionDataset:
     """Your own image + caption-file pairs (name.jpg + name.txt, one caption per line), any size and mode."""
     split = canonical_split("folder", split)
     sc = scan(spec.root, imsize=spec.imsize, max_images=spec.max_images)
-    return open_split("folder", sc, split, spec.imsize)
+    return open_split("folder", sc, split, spec.imsize, val_fraction=spec.val_fraction, seed=spec.seed)

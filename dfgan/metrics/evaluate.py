@@ -2,10 +2,15 @@
 
 Images are generated from the split's captions in a fixed order (generated image p uses caption
 ``(p // N) % K`` of image ``p % N``: one pass over every image with its first caption, then its second, ...)
-with DF-GAN's truncated sampling noise (``truncation * truncnorm(-2, 2)``, drawn once from a seeded generator),
+with DF-GAN's truncated sampling noise (``truncation * truncnorm(-2, 2)``, drawn from a seeded generator),
 converted to uint8 exactly as a PNG would store them, and fed batch by batch to every feature extractor the
 requested metrics need; nothing is written to disk. A metric asking for fewer images than the pass makes uses
 the first ones (features do not depend on the batch), so ``fid1k`` and ``fid30k`` can share one pass.
+
+The pass is repeated for each of ``spec.eval.noise_draws`` independent noise draws (torch seeds ``seed``,
+``seed + 1``, ...; periodic evaluations during training use one): the value is the mean over the draws, and
+the details keep each draw's value (``draw<k>``) and their SD (``noise_sd``), so that evaluation noise can be
+told apart from seed noise. The protocol records the seeds.
 
 Every value is appended as one JSON line to ``<run_dir>/metrics.jsonl`` (metric, value, step, image count,
 protocol, details, seconds, device, torch version; ``seconds`` = the shared generation and feature pass plus
@@ -32,6 +37,7 @@ import torch
 from dfgan.data.vocab import pad_caption
 from dfgan.images import last_stage, to_uint8
 from dfgan.metrics import fid as fidlib
+from dfgan.metrics import memorisation
 from dfgan.metrics.attributes import (
     AttributeExtractor,
     attribute_accuracy,
@@ -41,8 +47,9 @@ from dfgan.metrics.attributes import (
 )
 from dfgan.metrics.consistency import R_CANDIDATES, DAMSMImageExtractor, damsm_pair, r_precision, same_text_encoder
 from dfgan.metrics.features import Extractor, check_outputs, inception_extractor, reference_features
+from dfgan.metrics.noise_draws import NOISE_DRAWS_RULE, combine_draws, draw_seeds
 from dfgan.metrics.proxy import EffNetLite0Extractor
-from dfgan.metrics.registry import MetricDef
+from dfgan.metrics.registry import MetricDef, for_split
 from dfgan.metrics.registry import metrics as metric_defs
 from dfgan.noise import truncated_noise
 from dfgan.registry import DATASETS
@@ -65,6 +72,7 @@ class EvalOptions:
     ref_stats: str | None = None
     seed: int = EVAL_SEED
     progress: bool = False
+    draws: int | None = None  # noise draws (seeds seed, seed + 1, ...); None = spec.eval.noise_draws
 
 
 # ---- where values go ---------------------------------------------------------------------------------------------
@@ -146,8 +154,6 @@ def generate_images(generator, conditioner, dataset, n: int, batch_size: int, *,
 
 
 # ---- the evaluation -----------------------------------------------------------------------------------------------
-
-
 def _build_extractor(key: str, ctx: dict[str, Any]) -> Extractor:
     device, options = ctx["device"], ctx["options"]
     if key.startswith("inception:"):
@@ -216,6 +222,11 @@ def _compute(defn: MetricDef, out: dict[str, np.ndarray], img_idx: np.ndarray, c
         same = same_text_encoder(ext.text, cond) if isinstance(cond, torch.nn.Module) else None
         return value, {}, {"candidates": R_CANDIDATES, "candidate_seed": seed, "chance": 1 / R_CANDIDATES,
                            "evaluator_is_conditioning_text_encoder": same}
+    if defn.kind == "memorisation":
+        ref, rp = _reference(defn, ext, test, ctx)
+        value, details, specific = memorisation.evaluate(feats, img_idx, ext, ref["features"], ctx["train"](),
+                                                         ctx["batch_size"], progress=ctx["options"].progress)
+        return value, details, {"reference": rp, **specific}
     if defn.kind == "attr_acc":
         truth = test.attribute_array()
         stated = {a: v[img_idx] for a, v in truth.items()}
@@ -261,6 +272,7 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
                          f"data.name={spec.data.name}")
     device = torch.device(device)
     n_default = int(options.n or spec.eval.n_images)
+    seeds = draw_seeds(options.seed, options.draws or spec.eval.noise_draws)
     batch_size = int(options.batch_size or spec.eval.batch_size)
     train_cache = {"ds": train_dataset}
 
@@ -305,38 +317,48 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
         if not group:
             continue
         setup_seconds = time.perf_counter() - t_setup  # networks loaded or trained once (classifier, DAMSM)
-        t0 = time.perf_counter()
         n_gen = max(d.count or n_default for d in group)
-        parts: dict[str, dict[str, list[np.ndarray]]] = {k: {} for k in extractors}
-        idx_i, idx_j = [], []
-        for images, ii, jj in generate_images(gan.generator, conditioner, test, n_gen, batch_size,
-                                              z_dim=spec.model.z_dim, truncation=spec.model.truncation,
-                                              device=device, seed=options.seed, progress=options.progress):
-            idx_i.append(ii), idx_j.append(jj)
-            for k, ext in extractors.items():
-                for name, v in ext(images).items():
-                    parts[k].setdefault(name, []).append(v)
-        outs = {k: {n: np.concatenate(v) for n, v in p.items()} for k, p in parts.items()}
-        img_idx, cap_idx = np.concatenate(idx_i), np.concatenate(idx_j)
-        pass_seconds = time.perf_counter() - t0
+        results: dict[str, list[tuple[float, dict, dict]]] = {d.name: [] for d in group}
+        pass_seconds, own_seconds = 0.0, dict.fromkeys(results, 0.0)
+        for seed in seeds:  # one generation and feature pass per noise draw
+            t0 = time.perf_counter()
+            parts: dict[str, dict[str, list[np.ndarray]]] = {k: {} for k in extractors}
+            idx_i, idx_j = [], []
+            for images, ii, jj in generate_images(gan.generator, conditioner, test, n_gen, batch_size,
+                                                  z_dim=spec.model.z_dim, truncation=spec.model.truncation,
+                                                  device=device, seed=seed, progress=options.progress):
+                idx_i.append(ii), idx_j.append(jj)
+                for k, ext in extractors.items():
+                    for name, v in ext(images).items():
+                        parts[k].setdefault(name, []).append(v)
+            outs = {k: {n: np.concatenate(v) for n, v in p.items()} for k, p in parts.items()}
+            img_idx, cap_idx = np.concatenate(idx_i), np.concatenate(idx_j)
+            pass_seconds += time.perf_counter() - t0
+            for d in group:
+                count = d.count or n_default
+                t1 = time.perf_counter()
+                out = {k: v[:count] for k, v in outs[d.extractor].items()}
+                results[d.name].append(_compute(d, out, img_idx[:count], cap_idx[:count], extractors[d.extractor],
+                                                test, ctx))
+                own_seconds[d.name] += time.perf_counter() - t1
         generation = {
             "split": split, "resolution": spec.data.imsize, "dataset": spec.data.name,
             "dataset_hash": getattr(test, "content_hash", None), "captions": CAPTION_ORDER,
-            "noise": f"{spec.model.truncation} * truncnorm(-2, 2), torch seed {options.seed}",
-            "truncation": spec.model.truncation, "seed": options.seed, "images_generated_in_pass": n_gen,
+            "noise": f"{spec.model.truncation} * truncnorm(-2, 2), one draw per torch seed of noise_seeds",
+            "truncation": spec.model.truncation, "noise_draws": len(seeds), "noise_seeds": seeds,
+            "value": NOISE_DRAWS_RULE if len(seeds) > 1 else "the one draw's value",
+            "images_generated_in_pass": n_gen,
         }
         for d in group:
             count = d.count or n_default
-            t1 = time.perf_counter()
-            out = {k: v[:count] for k, v in outs[d.extractor].items()}
-            value, details, specific = _compute(d, out, img_idx[:count], cap_idx[:count], extractors[d.extractor],
-                                                test, ctx)
+            value, details = combine_draws(results[d.name])
+            specific = results[d.name][0][2]
             protocol = {"metric": d.name, "kind": d.kind, "n_images": count, **generation,
                         **extractors[d.extractor].protocol(), **specific}
             rec = {
                 "metric": d.name, "value": float(value), "step": int(step), "n_images": count,
                 "details": details, "protocol": protocol,
-                "seconds": round(pass_seconds + time.perf_counter() - t1, 3),
+                "seconds": round(pass_seconds + own_seconds[d.name], 3),
                 "pass_seconds": round(pass_seconds, 3), "setup_seconds": round(setup_seconds, 3),
                 "device": str(device), "torch": torch.__version__,
                 "time": datetime.now(UTC).isoformat(timespec="seconds"), "source": source,
@@ -361,13 +383,17 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
 def evaluate_during_training(spec, run_hash: str, gan, conditioner, dataset, device, tracker, step,
                              run_dir) -> list[dict]:
     """What the training loop calls every ``spec.eval.interval`` steps and at the end: ``spec.eval.metrics``
-    on ``spec.eval.n_images`` images, logged to the run's MLflow run and ``metrics.jsonl``. Metrics whose
-    weights are missing on this machine are skipped with a warning instead of stopping the training."""
+    on ``spec.eval.n_images`` images of the ``spec.eval.split`` split (names as ``on_split`` gives them), logged
+    to the run's MLflow run and ``metrics.jsonl``. Metrics whose weights are missing on this machine are skipped
+    with a warning instead of stopping the training."""
     key = (run_hash, str(device))
     cache = _TRAINING_EXTRACTORS.setdefault(key, {})
     for other in [k for k in _TRAINING_EXTRACTORS if k != key]:  # keep only the networks of the run being trained
         del _TRAINING_EXTRACTORS[other]
-    return evaluate(spec, gan, conditioner, device, spec.eval.metrics, step=step, run_hash=run_hash,
+    names = for_split(spec.eval.metrics, spec.eval.split)
+    final = step >= spec.train.steps  # the final evaluation: spec.eval.noise_draws draws; periodic ones: one
+    return evaluate(spec, gan, conditioner, device, names, step=step, run_hash=run_hash,
+                    options=EvalOptions(draws=None if final else 1),
                     run_dir=run_dir, sink=TrackerSink(tracker) if tracker is not None else None,
                     train_dataset=dataset, source="train", skip_unavailable=True, extractor_cache=cache)
 

@@ -36,6 +36,11 @@ def is_quality(name: str) -> bool:
     return quality_info(name) is not None
 
 
+def is_memorisation(name: str) -> bool:
+    """A memorisation check (``dfgan.metrics.memorisation``): reported in its own table, never a quality column."""
+    return name.startswith("memorisation_") and is_main(name)
+
+
 def is_main(name: str) -> bool:
     return not any(s in name for s in SUBMETRIC_SEPARATORS)
 
@@ -49,9 +54,19 @@ def higher_is_better(name: str) -> bool | None:
         return None if info is None else info[0]
 
 
+def split_of(name: str) -> str | None:
+    """The split a logged metric was evaluated on (registered names; None for others, e.g. losses)."""
+    try:
+        return metric(name).split
+    except RegistryError:
+        return None
+
+
 def quality_columns(available: list[str] | set[str], main_only: bool = True) -> list[str]:
-    """The quality metrics among ``available``, in preference order, then by name."""
+    """The quality metrics among ``available``, in preference order, then by name: those of the test split
+    (what tables report) when there are any, else all (e.g. a search's trials, evaluated on val only)."""
     names = [n for n in available if is_quality(n) and (is_main(n) or not main_only)]
+    names = [n for n in names if split_of(n) in ("test", None)] or names
     order = {p: i for i, (p, _, _) in enumerate(QUALITY_METRICS)}
 
     def key(n: str):

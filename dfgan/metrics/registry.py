@@ -7,6 +7,11 @@ count, then what they are compared with); ``kid1k_test_clean`` the KID of 1,000 
 legacy_tensorflow, legacy_pytorch) are understood. Metrics without a count in the name (``kid_test_clean``, IS,
 R-precision, attribute accuracy, Fréchet distances in other feature spaces) use the evaluation's image count
 (``--n`` / ``spec.eval.n_images``), which is recorded with every value. Names that are not FIDs never contain "fid".
+
+Every name also says its split. The registered names are those of the test split (what tables report); the same
+metric on the validation split (what searches select on) has ``_test`` replaced by ``_val`` where the name
+carries its split (``fid1k_val_clean``, ``kid_val_clean``), else ``_val`` appended (``attr_acc_val``,
+``fd_attr_val``): ``on_split`` gives it.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from dfgan.registry import Registry, RegistryError
 METRICS: Registry = Registry("metric")
 
 FULL_SCALE_FID_IMAGES = 30_000  # DF-GAN / AttnGAN: ~30k images from the test captions (paper Sec. 4)
-KINDS = ("fid", "kid", "is", "rprec", "attr_acc", "fd")
-HIGHER_IS_BETTER = {"fid": False, "kid": False, "fd": False, "is": True, "rprec": True, "attr_acc": True}
+KINDS = ("fid", "kid", "is", "rprec", "attr_acc", "fd", "memorisation")
+# memorisation: 0 is the no-memorisation level and higher is worse (dfgan.metrics.memorisation)
+HIGHER_IS_BETTER = {"fid": False, "kid": False, "fd": False, "is": True, "rprec": True, "attr_acc": True,
+                    "memorisation": False}
 FID_SPLITS = ("test", "train", "val")  # a name may ask for any; the dataset says whether it has the split
 FID_MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")  # clean-fid's modes (= dfgan.metrics.fid.FID_MODES)
 _COUNTED_NAME = re.compile(rf"^(fid|kid)(\d+)(k?)_({'|'.join(FID_SPLITS)})_({'|'.join(FID_MODES)})$")
@@ -92,6 +99,12 @@ _add(MetricDef("attr_acc", "attr_acc", "attr", builtin_only=True,
                summary="built-in data: fraction of caption-mentioned attributes a classifier finds in the image"))
 _add(MetricDef("fd_attr", "fd", "attr", builtin_only=True,
                summary="built-in data: Fréchet distance in the attribute classifier's features (not an FID)"))
+_add(MetricDef("memorisation_attr", "memorisation", "attr", builtin_only=True,
+               summary="built-in data: excess share of generated images whose nearest real image is a training "
+                       "one, in the attribute classifier's features (0 = no sign of memorisation, 1 = all)"))
+_add(MetricDef("memorisation_inception", "memorisation", "inception:clean",
+               summary="excess share of generated images whose nearest real image is a training one, in "
+                       "Inception pool3 features (0 = no sign of memorisation, 1 = all)"))
 _add(MetricDef("fd_effnet_lite0", "fd", "effnet_lite0",
                summary="Fréchet distance in ImageNet EfficientNet-Lite0 features (offline proxy, not an FID)"))
 
@@ -107,10 +120,60 @@ def metric(name: str) -> MetricDef:
         if count < 2:
             raise RegistryError(f"metric '{name}': an {m.group(1).upper()} needs at least 2 images")
         return replace(counted_def(m.group(1), count, m.group(4), m.group(5)), name=name)
+    found = _test_metric(name)
+    if found is not None:
+        d = found[1]
+        return replace(d, name=name, split="val", summary=f"{d.summary} (on the val split instead of test)")
     raise RegistryError(
         f"unknown metric '{name}'; registered: {', '.join(METRICS.names())}; any FID/KID count is also understood "
-        f"as {COUNTED_PATTERN}"
+        f"as {COUNTED_PATTERN}; any of them on the validation split as in on_split (e.g. attr_acc_val, "
+        "fid1k_val_clean)"
     )
+
+
+_SPLIT_TOKEN = r"_{}(?=_|$)"
+
+
+def _test_names(name: str) -> list[str]:
+    """The test-split names a validation-split ``name`` may stand for (see the module docstring)."""
+    out = []
+    if re.search(_SPLIT_TOKEN.format("val"), name):
+        out.append(re.sub(_SPLIT_TOKEN.format("val"), "_test", name, count=1))
+    if name.endswith("_val"):
+        out.append(name[: -len("_val")])
+    return [n for n in out if n and n != name]
+
+
+def _test_metric(name: str) -> tuple[str, MetricDef] | None:
+    """(test name, its definition) of a validation-split ``name``, or None if it is none."""
+    for test_name in _test_names(name):
+        try:
+            d = metric(test_name)
+        except RegistryError:
+            continue
+        if d.split == "test":
+            return test_name, d
+    return None
+
+
+def on_split(name: str, split: str) -> str:
+    """The name of metric ``name`` evaluated on ``split`` ("test" or "val"): ``attr_acc`` -> ``attr_acc_val``,
+    ``fid1k_test_clean`` -> ``fid1k_val_clean``, and back."""
+    d = metric(name)
+    if d.split == split:
+        return d.name
+    if split not in ("test", "val") or d.split not in ("test", "val"):
+        raise RegistryError(f"metric '{name}' ({d.split} split) has no {split} form; splits: test, val")
+    if d.split == "val":
+        return _test_metric(d.name)[0]  # split == "test"
+    if re.search(_SPLIT_TOKEN.format("test"), d.name):
+        return re.sub(_SPLIT_TOKEN.format("test"), f"_{split}", d.name, count=1)
+    return f"{d.name}_{split}"
+
+
+def for_split(names, split: str) -> list[str]:
+    """``on_split`` of each name (a list or a comma-separated string)."""
+    return [on_split(d.name, split) for d in metrics(names)]
 
 
 def metrics(names) -> list[MetricDef]:

@@ -8,17 +8,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from dfgan.metrics.names import FALLBACK_METRICS, choose_metric, quality_columns
+from dfgan.metrics.names import FALLBACK_METRICS, choose_metric, is_memorisation, quality_columns, split_of
 from dfgan.reports import figures as figs
 from dfgan.reports.benchmarks import load_records, throughput_for_rows
 from dfgan.reports.collect import NoRunsError, StudyData, collect, metric_history
 from dfgan.reports.provenance import provenance, provenance_markdown
 from dfgan.reports.stats import factorial_effects, summarise
 from dfgan.reports.tables import (
+    MEMORISATION_FLAG,
     Table,
+    search_roles,
     table_differences,
     table_effects,
+    table_memorisation,
     table_published,
+    table_retrained,
     table_search,
     table_variants,
     to_latex,
@@ -26,6 +30,7 @@ from dfgan.reports.tables import (
 )
 from dfgan.spec import SpecError
 from dfgan.studies.definition import load_study_definition, study_path
+from dfgan.studies.search import split_name
 from dfgan.tracking import git_commit, resolve_uri
 
 MAX_DIFF_METRICS = 3  # quality metrics given a difference column in the Table 2/3 style tables
@@ -130,6 +135,9 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
     tables: list[Table] = []
     if kind == "search":
         tables.append(table_search(data.cells, primary))
+        retrained = search_roles(data.cells)[1]
+        if len(retrained):
+            tables.append(table_retrained(retrained, split_name(primary, "test")))
     else:
         tables.append(table_variants(data.cells, order, table1_metrics,
                                      f"final values of {', '.join(table1_metrics)}", speed, speed_note))
@@ -157,6 +165,13 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
                 rep.files.append(figs.effects(eff.table, primary, folder / "figures" / "factorial_effects.png"))
             else:
                 rep.notes.append("factorial effects need two levels per axis in the runs' factor.* tags: skipped")
+        for m in [m for m in available if is_memorisation(m) and split_of(m) == "test"]:
+            memo = table_memorisation(data.cells, order, m)
+            tables.append(memo)
+            flagged = [r["variant"] for _, r in memo.frame.iterrows() if r["reading"] == MEMORISATION_FLAG]
+            if flagged:
+                rep.notes.append(f"memorisation check {m} flagged {', '.join(flagged)}: generated images sit nearer "
+                                 f"training images than unseen real images (table {memo.key})")
         tables.append(table_published())
     for t in tables:
         rep.tables[t.key] = t

@@ -23,11 +23,14 @@ from dfgan.reports.stats import (
     Effects,
     differences,
     holm_adjust,
+    mean_intervals,
     steps,
     summarise,
 )
+from dfgan.studies.retrain import RETRAIN_ROLE
 
 SIG_MARK = "*"  # Holm-adjusted p < ALPHA, where the test can reach that level
+NOISE_SD = "noise_sd"  # the detail of a metric: SD between the noise draws of one evaluation (dfgan.metrics.evaluate)
 
 
 @dataclass
@@ -122,6 +125,8 @@ def table_variants(cells: pd.DataFrame, order: list[str], metrics: list[str], me
             s = summarise(sub, f"metrics.{m}", order=[v])
             row[f"{m}{arrow(m)}"] = fmt_mean_std(s["mean"].iloc[0], s["std"].iloc[0], int(s["n"].iloc[0])) \
                 if len(s) else "–"
+            if f"metrics.{m}.{NOISE_SD}" in cells:
+                row[f"{m} eval SD"] = fmt(pd.to_numeric(sub[f"metrics.{m}.{NOISE_SD}"], errors="coerce").mean(), 2)
         row["NoP (G+D+heads)"] = fmt_count(_first(cells, v, "tags.nop_trainable"))
         row["NoP (+ text encoder)"] = fmt_count(_first(cells, v, "tags.nop_paper"))
         if throughput:
@@ -135,7 +140,10 @@ def table_variants(cells: pd.DataFrame, order: list[str], metrics: list[str], me
                                                         f"{p.value}")
             row["published (other data/protocol)"] = "; ".join(f"{m}: {', '.join(x)}" for m, x in by_model.items())
         rows.append(row)
-    notes = [f"Metric columns: {metric_note}. Mean ± sample std over seeds (final values of each run).",
+    notes = [f"Metric columns: {metric_note}. Mean ± sample std over seeds (final values of each run)"
+             + ("; eval SD = the SD between the noise draws of one run's final evaluation (its value is their "
+                "mean), averaged over the row's runs: the evaluation's own noise, beside the seed SD after ±."
+                if any(f"metrics.{m}.{NOISE_SD}" in cells for m in metrics) else "."),
              "NoP (G+D+heads) = parameters of generator, discriminator trunk(s) and head(s), what the GAN "
              "optimisers update; NoP (+ text encoder) adds the frozen text encoder, the rule inferred for the "
              "README's 19M (dfgan.metrics.nop states both rules).",
@@ -268,6 +276,42 @@ def table_effects(effects: Effects, metric: str, metric_note: str) -> Table:
     return Table("factorial_effects", f"Factorial effects on {metric}", pd.DataFrame(rows), notes)
 
 
+MEMORISATION_FLAG = "FLAGGED: generated images sit nearer training images than unseen real images"
+
+
+def table_memorisation(cells: pd.DataFrame, order: list[str], metric: str) -> Table:
+    """Per row: the memorisation check's value (0 = no sign) with the share of generated images whose nearest
+    real image is a training one and the share expected without memorisation, and the runs flagged."""
+    col = f"metrics.{metric}"
+    rows = []
+    for v in order:
+        sub = cells[(cells["variant"] == v) & cells[col].notna()] if col in cells else cells.iloc[:0]
+        if not len(sub):
+            continue
+        def get(k, sub=sub):
+            return pd.to_numeric(sub.get(f"{col}.{k}"), errors="coerce")
+
+        flagged = int((sub[col] > get("threshold")).sum()) if f"{col}.threshold" in sub else 0
+        rows.append({"variant": v, "seeds": len(sub),
+                     f"{metric}{arrow(metric)}": fmt_mean_std(sub[col].mean(), sub[col].std(ddof=1), len(sub)),
+                     "nearest real image is a training one": f"{fmt(get('share').mean(), 3)} (expected "
+                                                             f"{fmt(get('expected').mean(), 3)})",
+                     "flag threshold": fmt(get("threshold").mean(), 2), "runs flagged": f"{flagged} of {len(sub)}",
+                     "reading": MEMORISATION_FLAG if flagged else (
+                         "too few images to flag" if get("threshold").min() >= 1 else "no sign of memorisation")})
+    return Table(f"memorisation_{metric}", f"Memorisation check ({metric})", pd.DataFrame(rows), [
+        "For each generated test-caption image, its nearest real image among the training images and the test "
+        "images (except the one whose caption made it): the value is (share - expected) / (1 - expected), share = "
+        "the fraction whose nearest is a training image, expected = N_train / (N_train + N_test), what an "
+        "arbitrary labelling of the real images gives when the generator has not memorised its training images. "
+        "0 = no sign of memorisation, 1 = every nearest neighbour a training image (holdout-based DCR share, "
+        "Platzer & Reutterer 2021; cf. Meehan et al. 2020). A run is flagged when its share exceeds the expected "
+        "one by more than a one-sided binomial test at 0.01 allows (the threshold is on the value's scale; a "
+        "value over several noise draws is their mean, judged against one draw's threshold). The "
+        "test takes the generated images as independent: a collapsed generator (all images alike) lands 0 or 1 "
+        "as a whole, so read a flag together with the Fréchet distance."])
+
+
 def table_published() -> Table:
     rows = [{"model": p.model, "dataset": p.dataset, "metric": p.metric, "value": p.value,
              "source": p.source + (f" ({p.note})" if p.note else "")} for p in pub.PUBLISHED]
@@ -282,7 +326,37 @@ def _fmt_value(v) -> str:
         return str(v)
 
 
+def search_roles(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, retrained runs of the best trial) of a search's cell runs."""
+    role = cells["tags.search_role"] if "tags.search_role" in cells else pd.Series("trial", index=cells.index)
+    retrained = role == RETRAIN_ROLE
+    return cells[~retrained], cells[retrained]
+
+
+def table_retrained(cells: pd.DataFrame, metric: str) -> Table:
+    """The best trial retrained on fresh seeds, evaluated on test: each seed, then mean ± SD and its t interval."""
+    col = f"metrics.{metric}"
+    rows = [{"seed": int(r["seed"]), f"{metric}{arrow(metric)}": fmt(r.get(col)), "trial": r.get("tags.trial")}
+            for _, r in cells.sort_values("seed").iterrows()]
+    iv = mean_intervals(cells.assign(row="best"), col, ["best"], by="row")
+    if len(iv):
+        r = iv.iloc[0]
+        sd = cells[col].dropna().std(ddof=1)
+        ci = f"[{fmt(r['lo'])}, {fmt(r['hi'])}]" if math.isfinite(r["lo"]) else "(1 seed: no interval)"
+        rows.append({"seed": f"mean over {int(r['n'])} seeds", f"{metric}{arrow(metric)}":
+                     f"{fmt_mean_std(r['mean'], sd, int(r['n']))} {int(CONFIDENCE * 100)}% CI {ci}", "trial": ""})
+    values = cells.get("tags.retrain_of_trial", pd.Series(dtype=object)).dropna().unique()
+    of = f"trial #{values[0]}" if len(values) else "the best trial"
+    return Table("search_best_retrained", f"The best trial ({of}) retrained on fresh seeds, on test",
+                 pd.DataFrame(rows),
+                 [f"Selected on the validation split; each fresh seed trained again and evaluated on the test split "
+                  f"({metric}). Mean ± sample SD over seeds, Student-t {int(CONFIDENCE * 100)}% interval of the "
+                  "mean. This, not the best trial's own validation value (biased upwards by the selection), is "
+                  "the number to report."])
+
+
 def table_search(cells: pd.DataFrame, metric: str) -> Table:
+    cells = search_roles(cells)[0]
     search_cols = [c for c in cells.columns if c.startswith("tags.search.")]
     col = f"metrics.{metric}"
     df = cells.copy()
@@ -295,4 +369,6 @@ def table_search(cells: pd.DataFrame, metric: str) -> Table:
                f"{metric}{arrow(metric)}": fmt(r.get(col))}
         rows.append(row)
     return Table("search_trials", f"Search trials by {metric}", pd.DataFrame(rows),
-                 ["Finished trials only (pruned and failed ones are in MLflow and the Optuna storage)."])
+                 ["Finished trials only (pruned and failed ones are in MLflow and the Optuna storage); every "
+                  "trial trained to its last step is here (only periodic evaluations prune). Trials are evaluated "
+                  "on the validation split, never on test."])

@@ -7,6 +7,12 @@ The training loop calls back after every periodic evaluation (``eval.interval``)
 is reported to the trial and a median pruner stops runs that are behind. Re-running the command continues the
 same Optuna study up to ``--trials`` finished trials. The best trial is written as a variant file that
 ``extends`` the searched variant with the tuned values only.
+
+Selection never touches the test split: every trial evaluates on the validation split (``eval.split=val``, so
+``--metric attr_acc`` is read as ``attr_acc_val``). Only periodic evaluations prune, after a warm-up of
+``eval.prune_warmup_steps`` (default a quarter of ``train.steps``); a trial that reached its final evaluation is
+always COMPLETE. The best trial is then retrained on ``--retrain-seeds`` fresh seeds and evaluated on test
+(``dfgan.studies.retrain``): that, with its interval, is the number to report, not the best trial's own value.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from dfgan.experiment import check_spec, resolve_spec, run_hash
+from dfgan.metrics.registry import on_split
+from dfgan.registry import RegistryError
 from dfgan.spec import VARIANTS_DIR, SpecError, apply_overrides, flatten
 from dfgan.studies.definition import Cell, base_spec, cell_spec
 from dfgan.studies.ledger import Heartbeat, cell_states, fail_stale_trials, set_error, worker_identity
 from dfgan.studies.mlflow_glue import InvocationRun, cell_metrics, cell_tags, mark_runs
+from dfgan.studies.retrain import RETRAIN_SEEDS, RetrainOutcome, fresh_seeds, retrain_best
 from dfgan.studies.runner import TRACEBACK_LINES, echo_line, load_or_create_study
 from dfgan.studies.storage import default_storage_url, describe_storage, open_storage
 from dfgan.tracking import Tracker, resolve_uri
@@ -137,6 +146,21 @@ def check_params(params: list[SearchParam], variant: str, overrides: list[str]) 
             raise SpecError(f"--params: '{p.key}' is not a spec field" + (f"; did you mean {near}?" if near else ""))
 
 
+def split_name(metric: str, split: str) -> str:
+    """``metric`` on ``split`` (``attr_acc`` -> ``attr_acc_val``); names that are no registered metric (a loss)
+    are kept."""
+    try:
+        return on_split(metric, split)
+    except RegistryError:
+        return metric
+
+
+def prune_warmup(spec) -> int:
+    """Steps before which no trial is pruned: ``eval.prune_warmup_steps``, default a quarter of the steps."""
+    w = spec.eval.prune_warmup_steps
+    return int(spec.train.steps // 4 if w is None else w)
+
+
 def nested(values: dict[str, Any]) -> dict[str, Any]:
     """``{'model.regulariser.k': 2}`` -> ``{'model': {'regulariser': {'k': 2}}}``."""
     return apply_overrides({}, [f"{k}={json.dumps(v)}" for k, v in values.items()])
@@ -155,13 +179,15 @@ class SearchOutcome:
     best_trial: int | None = None
     exported: Path | None = None
     parent_run_id: str | None = None
+    metric: str = ""  # the objective as the trials log it (validation split)
+    retrain: RetrainOutcome | None = None  # the best trial on fresh seeds, on test
 
 
 def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials: int, metric: str,
                direction: str = "maximize", overrides: list[str] | tuple[str, ...] = (),
                storage_url: str | None = None, tracking_uri: str | None = None, pruner: str = "median",
                export: str | Path | None = None, sampler_seed: int | None = None, progress: bool = False,
-               echo: Callable[[str], None] = echo_line) -> SearchOutcome:
+               retrain_seeds: int = RETRAIN_SEEDS, echo: Callable[[str], None] = echo_line) -> SearchOutcome:
     import optuna
     from optuna.trial import TrialState
 
@@ -171,13 +197,19 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
         raise SpecError(f"--pruner: one of {PRUNERS}, got '{pruner}'")
     overrides = list(overrides)
     check_params(params, variant, overrides)
-    base = base_spec(variant, overrides)
+    trial_overrides = [*overrides, "eval.split=val"]  # selection on the validation split, never on test
+    base = base_spec(variant, trial_overrides)
+    objective_metric, report_metric = split_name(metric, "val"), split_name(metric, "test")
+    if base.data.name != "builtin" and not base.data.val_fraction:
+        raise SpecError(f"a search selects on the validation split, and data.name={base.data.name} has none: hold "
+                        "out part of its train images with data.val_fraction (e.g. data.val_fraction=0.1)")
     # every error before the first trial
-    check_spec(cell_spec(Cell(variant, variant), base.train.seed, study, overrides, base.train.out_dir))
+    check_spec(cell_spec(Cell(variant, variant), base.train.seed, study, trial_overrides, base.train.out_dir))
     storage_url = storage_url or default_storage_url(base.train.out_dir)
     uri = resolve_uri(tracking_uri, base.train.out_dir)
     storage_label = describe_storage(storage_url)
-    out = SearchOutcome(study, storage_label, uri)
+    out = SearchOutcome(study, storage_label, uri, metric=objective_metric)
+    metric = objective_metric
 
     def say(what: str, text: str) -> None:
         echo(f"[{study} {time.strftime('%H:%M:%S')}] {what:<8s} {text}")
@@ -187,7 +219,8 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
         say("note", "no periodic evaluation (eval.interval=0 or eval.metrics empty): nothing to prune on; "
                     "set e.g. eval.interval=100 eval.metrics=[attr_acc]")
     sampler = optuna.samplers.TPESampler(seed=sampler_seed)
-    opt_pruner = (optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS) if pruner == "median"
+    opt_pruner = (optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
+                                              n_warmup_steps=prune_warmup(base)) if pruner == "median"
                   else optuna.pruners.NopPruner())
     ostudy = load_or_create_study(study, open_storage(storage_url), kind="search", sampler=sampler,
                                   direction=direction, pruner=opt_pruner)
@@ -204,12 +237,12 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
             pass
     parent = InvocationRun(uri, study, base.train.out_dir, {
         "study_kind": "search", "base_variant": variant, "overrides": " ".join(overrides), "metric": metric,
-        "direction": direction, "params": "; ".join(f"{p.key}={p.kind}{p.args}" for p in params),
-        "optuna_storage": storage_label})
+        "report_metric": report_metric, "prune_warmup_steps": prune_warmup(base), "direction": direction,
+        "params": "; ".join(f"{p.key}={p.kind}{p.args}" for p in params), "optuna_storage": storage_label})
 
     def objective(trial: optuna.Trial) -> float:
         values = {p.key: p.suggest(trial) for p in params}
-        ov = [*overrides, *(f"{k}={json.dumps(v)}" for k, v in values.items())]
+        ov = [*trial_overrides, *(f"{k}={json.dumps(v)}" for k, v in values.items())]
         cell = Cell(label=f"{variant}-t{trial.number:03d}", variant=variant)
         spec = cell_spec(cell, base.train.seed, study, ov, base.train.out_dir)
         check_spec(spec)
@@ -224,6 +257,8 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
             return float(done[0].value)
 
         def on_eval(step: int, evals: dict) -> None:
+            if step >= spec.train.steps:  # the final evaluation never prunes: a trained trial is COMPLETE
+                return
             if metric in evals:
                 v = float(evals[metric])
                 trial.report(v, step)
@@ -236,7 +271,7 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
         t0 = time.time()
         tags = cell_tags(study=study, cell=cell, seed=base.train.seed, trial_number=trial.number, grid=None,
                          overrides=overrides, kind="search", storage=storage_label)
-        tags.update({f"search.{k}": v for k, v in values.items()})
+        tags.update({"search_role": "trial", **{f"search.{k}": v for k, v in values.items()}})
         try:
             with Heartbeat(ostudy, trial):
                 tracker = Tracker.for_spec(spec, enabled=True, uri=uri, parent_run_id=out.parent_run_id,
@@ -270,23 +305,33 @@ def run_search(*, study: str, variant: str, params: list[SearchParam], n_trials:
     try:
         if remaining:
             ostudy.optimize(objective, n_trials=remaining, catch=(Exception,))
+        trials = ostudy.get_trials(deepcopy=False)
+        out.complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        out.pruned = sum(t.state == TrialState.PRUNED for t in trials)
+        out.failed = sum(t.state == TrialState.FAIL for t in trials)
+        if out.complete:
+            best = ostudy.best_trial
+            out.best_value, out.best_trial = best.value, best.number
+            out.best_values = dict(best.user_attrs.get("search_values") or best.params)
+            say("best", f"trial #{best.number} {metric}={best.value:.4g} (val): {out.best_values}")
+            if retrain_seeds > 0:
+                out.parent_run_id = parent.start()
+                out.retrain = retrain_best(
+                    study=study, variant=variant, values=out.best_values, trial_number=best.number,
+                    metric=report_metric, overrides=overrides, seeds=fresh_seeds(base.train.seed, retrain_seeds),
+                    out_dir=base.train.out_dir, uri=uri, parent_run_id=out.parent_run_id,
+                    storage_label=storage_label, progress=progress, say=say)
+                parent.set_tags({"retrain": out.retrain.summary()})
+                say("retrained", out.retrain.summary())
+            out.exported = export_best(study, variant, best, metric, direction, overrides, export, out.retrain)
+            say("exported", str(out.exported))
+        else:
+            say("best", "no trial completed: nothing exported")
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         parent.end(status)
-    trials = ostudy.get_trials(deepcopy=False)
-    out.complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    out.pruned = sum(t.state == TrialState.PRUNED for t in trials)
-    out.failed = sum(t.state == TrialState.FAIL for t in trials)
-    if out.complete:
-        best = ostudy.best_trial
-        out.best_value, out.best_trial = best.value, best.number
-        out.best_values = dict(best.user_attrs.get("search_values") or best.params)
-        out.exported = export_best(study, variant, best, metric, direction, overrides, export)
-        say("best", f"trial #{best.number} {metric}={best.value:.4g}: {out.best_values} -> {out.exported}")
-    else:
-        say("best", "no trial completed: nothing exported")
     return out
 
 
@@ -295,8 +340,9 @@ def variant_name_for(study: str) -> str:
 
 
 def export_best(study: str, variant: str, best, metric: str, direction: str, overrides: list[str],
-                path: str | Path | None = None) -> Path:
-    """Write the best trial as a variant file (``extends`` the searched variant; only the tuned values)."""
+                path: str | Path | None = None, retrain: RetrainOutcome | None = None) -> Path:
+    """Write the best trial as a variant file (``extends`` the searched variant; only the tuned values), with
+    its value on val and, when it was retrained, its value on test over fresh seeds."""
     import yaml
 
     path = Path(path) if path else VARIANTS_DIR / f"{variant_name_for(study)}.yaml"
@@ -308,6 +354,8 @@ def export_best(study: str, variant: str, best, metric: str, direction: str, ove
         "# (those overrides size the search and are not part of this variant).",
         f"# Spec hash of that trial: {best.user_attrs.get('spec_hash')}; MLflow run: "
         f"{best.user_attrs.get('mlflow_run_id')}.",
+        "# Selected on the validation split; " + (f"retrained on fresh seeds: {retrain.summary()}." if retrain
+                                                  else "not retrained (its test value is unmeasured)."),
     ]
     body = {"extends": variant,
             "description": f"{variant} with hyperparameters tuned by the search '{study}' ({metric}, {direction})",

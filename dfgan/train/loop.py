@@ -28,6 +28,7 @@ from dfgan.experiment import (
     run_hash,
     run_identity,
 )
+from dfgan.fingerprint import weights_sha256
 from dfgan.images import last_stage, save_caption_grid
 from dfgan.metrics.evaluate import evaluate_during_training, record_values
 from dfgan.metrics.nop import nop_report
@@ -217,7 +218,9 @@ def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval)
             "head": spec.model.head, "fusion": spec.model.fusion.name,
             "regulariser": spec.model.regulariser.name, "text_encoder": spec.model.text_encoder.name,
             "dataset": spec.data.name, "dataset_hash": dataset.content_hash,
-            "text_encoder_source": enc_info.get("source"), "nop_paper": nop["totals"]["paper"]["count"],
+            "text_encoder_source": enc_info.get("source"), "text_encoder_sha256": weights_sha256(encoder),
+            "data_version": run.identity["data"].get("generator_version", "-"),  # the built-in data's version
+            "nop_paper": nop["totals"]["paper"]["count"],
             "nop_trainable": nop["totals"]["trainable"]["count"], "world_size": dinfo.world_size,
             "device": str(device), "torch": torch.__version__,
             **{f"speed_{k}": v for k, v in speed.items()},
