@@ -11,6 +11,7 @@ import pandas as pd
 from dfgan.metrics.names import FALLBACK_METRICS, choose_metric, quality_columns
 from dfgan.reports import figures as figs
 from dfgan.reports.benchmarks import load_records, throughput_for_rows
+from dfgan.reports.claims import claims_report
 from dfgan.reports.collect import NoRunsError, StudyData, collect, metric_history
 from dfgan.reports.provenance import provenance, provenance_markdown
 from dfgan.reports.stats import factorial_effects, summarise
@@ -157,6 +158,9 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
                 rep.files.append(figs.effects(eff.table, primary, folder / "figures" / "factorial_effects.png"))
             else:
                 rep.notes.append("factorial effects need two levels per axis in the runs' factor.* tags: skipped")
+        if definition is not None and definition.claims:  # the study file's claims: verdicts, cost, budgets
+            part = claims_report(data, definition, primary, folder, bench_file, dtype)
+            tables, rep.files, rep.notes = tables + part.tables, rep.files + part.files, rep.notes + part.notes
         tables.append(table_published())
     for t in tables:
         rep.tables[t.key] = t
