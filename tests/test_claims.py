@@ -167,3 +167,14 @@ def test_claims_report_files(claims_study):
     assert any("No sample grid for: no_magp (seed 100)" in n for n in rep.notes)
     readme = (folder / "README.md").read_text()
     assert "The paper's claims: paired differences and verdicts" in readme and "samples_full_seed100" in readme
+
+
+def test_claims_must_name_rows_of_the_study():
+    from pydantic import ValidationError
+
+    from dfgan.studies.definition import StudyDefinition
+
+    ok = StudyDefinition(name="s", variants=["full", "no_magp"], claims={"m": {"arm": "no_magp", "statement": "x"}})
+    assert ok.claims["m"].paper is None  # the reference (full) is the paper's row
+    with pytest.raises(ValidationError, match="claims.m: row 'stacked' is not a cell"):
+        StudyDefinition(name="s", variants=["full", "no_magp"], claims={"m": {"arm": "stacked", "statement": "x"}})

@@ -55,8 +55,6 @@ class ClaimTest:
     p_holm: float | None = None
     mde: float | None = None  # at the strictest Holm level, 80% power
     verdict: str = INCONCLUSIVE
-    se: float = math.nan
-    df: float = math.nan
 
 
 @dataclass
