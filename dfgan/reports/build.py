@@ -11,6 +11,7 @@ import pandas as pd
 from dfgan.metrics.names import FALLBACK_METRICS, choose_metric, is_memorisation, quality_columns, split_of
 from dfgan.reports import figures as figs
 from dfgan.reports.benchmarks import load_records, throughput_for_rows
+from dfgan.reports.claims import claims_report
 from dfgan.reports.collect import NoRunsError, StudyData, collect, metric_history
 from dfgan.reports.provenance import provenance, provenance_markdown
 from dfgan.reports.stats import factorial_effects, summarise
@@ -172,6 +173,9 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
             if flagged:
                 rep.notes.append(f"memorisation check {m} flagged {', '.join(flagged)}: generated images sit nearer "
                                  f"training images than unseen real images (table {memo.key})")
+        if definition is not None and definition.claims:  # the study file's claims: verdicts, cost, budgets
+            part = claims_report(data, definition, primary, folder, bench_file, dtype)
+            tables, rep.files, rep.notes = tables + part.tables, rep.files + part.files, rep.notes + part.notes
         tables.append(table_published())
     for t in tables:
         rep.tables[t.key] = t

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from dfgan.studies.pool import shared_cell_runs, shared_invocations
+
 ROLE_CELL = "cell"
 ROLE_INVOCATION = "invocation"
 
@@ -48,7 +50,8 @@ def _search(uri: str, study: str, role: str) -> pd.DataFrame:
 
 
 def collect(study: str, uri: str, overrides_set: str | None = None) -> StudyData:
-    """Finished cell runs of ``study``; of several runs of one (variant, seed), the latest counts.
+    """Finished cell runs of ``study`` (its own, and those of its cell pool it reused: ``dfgan.studies.pool``);
+    of several runs of one (variant, seed), the latest counts.
 
     A study run at several sets of common overrides (e.g. first at 200 steps, then at 2000) is several
     studies in one experiment: by default the set of the most recent run is reported, the others are named
@@ -58,12 +61,18 @@ def collect(study: str, uri: str, overrides_set: str | None = None) -> StudyData
 
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(study)
-    if exp is None:
+    shared = shared_cell_runs(uri, study, ROLE_CELL)
+    if exp is None and shared.empty:
         known = sorted(e.name for e in mlflow.search_experiments())
         raise NoRunsError(f"no MLflow experiment '{study}' at {uri}; experiments there: {known}")
-    runs = _search(uri, study, ROLE_CELL)
-    invocations = _search(uri, study, ROLE_INVOCATION)
+    runs = _search(uri, study, ROLE_CELL) if exp is not None else pd.DataFrame()
+    invocations = _search(uri, study, ROLE_INVOCATION) if exp is not None else pd.DataFrame()
     notes: list[str] = []
+    if not shared.empty:
+        runs = pd.concat([runs, shared], ignore_index=True)
+        invocations = pd.concat([invocations, shared_invocations(uri, shared, ROLE_INVOCATION)], ignore_index=True)
+        notes.append(f"{len(shared)} cell run(s) trained by another study of the cell pool are reused here (same "
+                     f"spec hash; trained by: {', '.join(sorted(set(shared['tags.shared_from'].dropna())))})")
     if runs.empty:
         raise NoRunsError(f"experiment '{study}' at {uri} has no cell runs (tag role=cell)")
     runs = runs.copy()
@@ -95,7 +104,8 @@ def collect(study: str, uri: str, overrides_set: str | None = None) -> StudyData
     n_failed = int((other["status"] == "FAILED").sum())
     if n_failed:
         notes.append(f"{n_failed} failed cell run(s) are not in the tables (their errors are in MLflow, tag 'error')")
-    return StudyData(study, uri, exp.experiment_id, latest.reset_index(drop=True), other.reset_index(drop=True),
+    exp_id = exp.experiment_id if exp is not None else ""
+    return StudyData(study, uri, exp_id, latest.reset_index(drop=True), other.reset_index(drop=True),
                      invocations, None if chosen == "all" else chosen, notes)
 
 

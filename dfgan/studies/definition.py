@@ -39,7 +39,19 @@ from dfgan.spec import (
 
 STUDIES_DIR = ABLATIONS_DIR / "studies"
 DEFAULT_STUDY = "component_table"  # what `dfgan ablate` runs with no variant: the paper's Table 2
-STUDY_SUBDIR = "studies"  # cell run folders: <train.out_dir>/studies/<study>/<label>-<spec hash>
+STUDY_SUBDIR = "studies"  # cell run folders: <train.out_dir>/studies/<study or cell pool>/<label>-<spec hash>
+
+
+class Claim(BaseModel):
+    """One claim a study tests: the row with the paper's choice beats the row without it (``paper`` - ``arm``
+    on ``metric``, oriented so that a positive difference is in the paper's favour)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    statement: str  # the claim in words, with where the paper makes it
+    arm: str  # the row without the paper's choice (a single removal or an alternative)
+    paper: str | None = None  # the row with it (default: the study's reference)
+    metric: str | None = None  # default: the report's primary metric
 
 
 class StudyDefinition(BaseModel):
@@ -59,6 +71,10 @@ class StudyDefinition(BaseModel):
     reference: str | None = "full"  # the row differences are taken against (Table 2: DF-GAN itself)
     metric: str | None = None  # primary metric of tables and figures (None: the first quality metric logged)
     direction: Literal["maximize", "minimize"] = "maximize"
+    # studies of one pool (in one Optuna storage) share cells: a cell whose spec hash another study of the pool
+    # has finished is reused (its value, run folder and MLflow run), never retrained (dfgan.studies.pool)
+    cell_pool: str | None = None
+    claims: dict[str, Claim] = Field(default_factory=dict)  # what the report judges (dfgan.reports.claims)
 
     @model_validator(mode="after")
     def _check(self) -> StudyDefinition:
@@ -74,6 +90,11 @@ class StudyDefinition(BaseModel):
             raise ValueError(f"a '{self.kind}' study needs a non-empty 'variants' list")
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants listed twice: {self.variants}")
+        labels = self.variants or ["-".join(c) for c in itertools.product(*[list(lv) for lv in self.axes.values()])]
+        for key, claim in self.claims.items():
+            for row in (claim.arm, claim.paper or self.reference):
+                if row not in labels:
+                    raise ValueError(f"claims.{key}: row '{row}' is not a cell of this study ({labels})")
         return self
 
     # ---- cells ------------------------------------------------------------------------------------------------
@@ -176,14 +197,16 @@ def parse_seeds(text: str) -> int | list[int]:
         raise SpecError(f"--seeds: expected a count (3) or a comma list (100,101), got '{text}'") from None
 
 
-def cell_spec(cell: Cell, seed: int, study: str, common_overrides: list[str], base_out_dir: str | Path) -> Spec:
+def cell_spec(cell: Cell, seed: int, study: str, common_overrides: list[str], base_out_dir: str | Path,
+              folder: str | None = None) -> Spec:
     """The resolved spec of one cell: variant, common overrides, cell overrides, then seed and bookkeeping
-    (schema-checked; ``dfgan.studies.runner.plan_study`` checks it against the registries)."""
+    (schema-checked; ``dfgan.studies.runner.plan_study`` checks it against the registries). Its run folder is
+    under ``folder`` (a cell pool's name) or the study's; neither is part of the spec hash."""
     d = variant_dict(cell.variant)
     d = apply_overrides(d, [*common_overrides, *cell.overrides])
     d["name"] = cell.label
     d.setdefault("train", {})["seed"] = seed
-    d["train"]["out_dir"] = str(Path(base_out_dir) / STUDY_SUBDIR / study)
+    d["train"]["out_dir"] = str(Path(base_out_dir) / STUDY_SUBDIR / (folder or study))
     d.setdefault("tracking", {})["experiment"] = study
     d["tracking"]["enabled"] = True
     try:

@@ -44,6 +44,7 @@ from dfgan.studies.ledger import (
     worker_identity,
 )
 from dfgan.studies.mlflow_glue import InvocationRun, cell_metrics, cell_tags, mark_runs
+from dfgan.studies.pool import claim_from_pool, find_in_pool, join_pool
 from dfgan.studies.storage import default_storage_url, describe_storage, open_storage
 from dfgan.tracking import Tracker, resolve_uri
 from dfgan.train import loop
@@ -114,7 +115,7 @@ def plan_study(definition: StudyDefinition, *, name: str | None = None, seeds: i
     cells = definition.cells()
     base = base_spec(cells[0].variant, common)
     seed_list = resolve_seeds(seeds if seeds is not None else definition.seeds, base.train.seed)
-    entries = [PlannedCell(c, s, cell_spec(c, s, name, common, base.train.out_dir))
+    entries = [PlannedCell(c, s, cell_spec(c, s, name, common, base.train.out_dir, folder=definition.cell_pool))
                for s in seed_list for c in cells]
     for e in entries:  # every cell checked against the registries and its data before any cell runs
         try:
@@ -209,15 +210,20 @@ def study_status(plan: StudyPlan, storage_url: str | None = None) -> list[dict]:
 
     storage_url = storage_url or default_storage_url(plan.base_out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url)
     try:
-        study = optuna.load_study(study_name=plan.name, storage=open_storage(storage_url))
+        study = optuna.load_study(study_name=plan.name, storage=storage)
         states = cell_states(study)
     except KeyError:
         states = {}
     rows = []
+    pool = plan.definition.cell_pool
     for e in plan.entries:
         st = states.get(e.hash)
         status = st.status if st else "pending"
+        match = find_in_pool(storage, pool, plan.name, e.hash) if pool and status == "pending" else None
+        if match is not None:
+            status = f"{match.status} in study '{match.study}' (pool {pool}): reused when this study runs"
         if status == "running" and all(is_stale(t) for t in st.running):
             status = "stale (worker gone: retried by the next invocation)"
         rows.append({"cell": e.cell.label, "seed": e.seed, "spec_hash": e.hash, "status": status,
@@ -247,6 +253,7 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
                                  direction=plan.definition.direction)
     study.set_user_attr(f"grid.{plan.grid}", {"overrides": plan.overrides, "seeds": plan.seeds,
                                               "cells": plan.labels})
+    join_pool(study, plan.definition.cell_pool)
 
     # 1. trials of workers that died: failed, and their MLflow runs marked KILLED
     for t in fail_stale_trials(study):
@@ -308,6 +315,13 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
                 trial.set_user_attr("mlflow_run_id", d.user_attrs.get("mlflow_run_id"))
                 study.tell(trial, d.value)
                 out.reused.append(e.key)
+                useless_asks += 1
+                continue
+            shared = None if rivals or e.hash in attempted or not plan.definition.cell_pool else claim_from_pool(
+                study, trial, plan.definition.cell_pool, spec_hash=e.hash, label=e.cell.label, seed=e.seed,
+                overrides=plan.overrides, kind=plan.definition.kind, tracking_uri=uri)
+            if shared:  # finished by another study of the pool (reused), or being trained there (skipped)
+                (out.reused if shared == "reused" else out.skipped).append(e.key)
                 useless_asks += 1
                 continue
             if rivals or e.hash in attempted:

@@ -1,0 +1,392 @@
+"""The claims report: for each claim a study file states (``claims:``), what its runs say about it.
+
+A claim reads "the row with the paper's choice beats the row without it" (DF-GAN, CVPR 2022: the one-stage
+backbone beats stacked generators, Sec. 3.1; the one-way output beats the two-way one, Sec. 3.2.2; MA-GP helps
+text-image consistency, Sec. 3.2.1; the DFBlock beats cross-modal attention at lower cost, Sec. 3.3). Per claim:
+
+- the difference paper row - arm row per seed (paired: same seeds = same data order and noise), oriented by the
+  metric's direction (``dfgan.metrics.names.higher_is_better``) so that a positive difference is in the
+  paper's favour, with its 95% Student-t interval (``dfgan.reports.stats.compare``);
+- the test that matches that interval: the paired t test (Welch where the rows have different seeds),
+  Holm-adjusted across the claims of the table, and beside it the exact sign-flip p, which needs no normality
+  but cannot go below 2/2^n (so never below 0.05 with n < 6 seeds);
+- the minimum detectable effect of that test at the strictest Holm level (alpha / number of claims);
+- a verdict: *supported* (adjusted p < alpha, in the paper's direction), *contradicted* (adjusted p < alpha,
+  against it), else *inconclusive at this power* with the MDE;
+- the cost side: NoP at the study's size (the runs' tags) and at the paper's 256 px (``spec_nop``), training and
+  sampling throughput of the same variants from the benchmark records;
+- the difference at every periodic evaluation (does the ranking hold across budgets?), a curves figure, and the
+  sample grids of one seed per row (the same captions and noise in every run: ``dfgan.train.loop.SampleGrid``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from dfgan.experiment import resolve_spec, spec_nop
+from dfgan.metrics.names import arrow, higher_is_better
+from dfgan.reports.collect import StudyData, metric_history
+from dfgan.reports.stats import ALPHA, CONFIDENCE, POWER, Diff, compare, holm, mde, seed_values, welch_interval
+from dfgan.reports.tables import Table, fmt, fmt_count
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive at this power"
+PAPER_SIZE = ["model.nf=32", "data.imsize=256"]  # the NoP of reports/nop_variants.md (DF-GAN on CUB, 256 px)
+SAMPLE_SEED = 100  # DF-GAN's seed: the run whose sample grid is shown per row (else the smallest seed)
+THROUGHPUT_KINDS = {"train_step": "training", "sampling_variant": "sampling"}  # benchmark kind -> column
+
+
+@dataclass
+class ClaimTest:
+    key: str
+    statement: str
+    paper: str
+    arm: str
+    metric: str
+    diff: Diff | None  # paper - arm, oriented: > 0 is in the paper's favour
+    p: float | None = None  # the t test matching the interval (paired t, or Welch)
+    p_holm: float | None = None
+    mde: float | None = None  # at the strictest Holm level, 80% power
+    verdict: str = INCONCLUSIVE
+
+
+@dataclass
+class ClaimsPart:
+    tables: list[Table] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- the test and the verdict ------------------------------------------------------------------------------------
+def orientation(metric: str) -> int:
+    """+1 where higher is better, -1 where lower is better; unknown direction: +1 (said in the notes)."""
+    return -1 if higher_is_better(metric) is False else 1
+
+
+def _oriented(d: Diff, sign: int) -> Diff:
+    if sign > 0:
+        return d
+    lo, hi = (None, None) if d.lo is None else (-d.hi, -d.lo)
+    return replace(d, diff=-d.diff, lo=lo, hi=hi)
+
+
+def t_test(paper: dict[int, float], arm: dict[int, float], sign: int = 1) -> tuple[Diff, float | None, float, float]:
+    """Oriented difference paper - arm with its t interval, and the p, standard error and df of the t test that
+    the interval comes from (paired over common seeds, else Welch)."""
+    d = compare(paper, arm)
+    if d.lo is None:
+        return _oriented(d, sign), None, math.nan, math.nan
+    if d.paired:
+        x = np.array([paper[s] - arm[s] for s in sorted(paper)])
+        se, df = float(x.std(ddof=1) / math.sqrt(len(x))), float(len(x) - 1)
+        p = (0.0 if d.diff != 0 else 1.0) if se == 0 else float(2 * stats.t.sf(abs(d.diff) / se, df))
+    else:
+        *_, se, df = welch_interval(np.array(list(paper.values())), np.array(list(arm.values())))
+        se, df, p = float(se), float(df), d.p
+    return _oriented(d, sign), p, se, df
+
+
+def verdict(diff: float, p_adjusted: float | None, alpha: float = ALPHA) -> str:
+    if p_adjusted is None or not math.isfinite(diff):
+        return INCONCLUSIVE
+    if p_adjusted < alpha:
+        return SUPPORTED if diff > 0 else CONTRADICTED
+    return INCONCLUSIVE
+
+
+def judge(pairs: dict[str, tuple[dict[int, float], dict[int, float], int]], alpha: float = ALPHA
+          ) -> dict[str, tuple[Diff | None, float | None, float | None, float | None, str]]:
+    """key -> (paper seeds, arm seeds, orientation) to key -> (oriented Diff, t p, Holm p, MDE, verdict); Holm
+    and the MDE's level (alpha / number of tests) count the claims that have a test."""
+    tests = {k: t_test(a, b, s) for k, (a, b, s) in pairs.items()}
+    keys = list(tests)
+    adjusted = dict(zip(keys, holm([tests[k][1] for k in keys]), strict=True))
+    m = max(1, sum(tests[k][1] is not None for k in keys))
+    out = {}
+    for k, (d, p, se, df) in tests.items():
+        md = mde(se, df, alpha=alpha / m, power=POWER) if p is not None else None
+        out[k] = (d, p, adjusted[k], md, verdict(d.diff, adjusted[k], alpha))
+    return out
+
+
+def claim_tests(data: StudyData, definition, primary: str) -> list[ClaimTest]:
+    claims = definition.claims
+    pairs, meta = {}, {}
+    for key, c in claims.items():
+        metric = c.metric or primary
+        paper = c.paper or definition.reference
+        vals = seed_values(data.cells, f"metrics.{metric}") if f"metrics.{metric}" in data.cells else {}
+        meta[key] = (c.statement, paper, c.arm, metric)
+        if paper in vals and c.arm in vals:
+            pairs[key] = (vals[paper], vals[c.arm], orientation(metric))
+    judged = judge(pairs)
+    out = []
+    for key, (statement, paper, arm, metric) in meta.items():
+        if key in judged:
+            d, p, ph, md, v = judged[key]
+            out.append(ClaimTest(key, statement, paper, arm, metric, d, p, ph, md, v))
+        else:
+            out.append(ClaimTest(key, statement, paper, arm, metric, None))
+    return out
+
+
+# ---- tables ------------------------------------------------------------------------------------------------------
+def _fmt_ci(d: Diff | None) -> str:
+    if d is None:
+        return "no finished runs of both rows"
+    if d.lo is None:
+        return f"{d.diff:+.3g} ({d.note or 'no interval'})"
+    return f"{d.diff:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}]"
+
+
+def table_claims(tests: list[ClaimTest], study: str) -> Table:
+    rows = []
+    for t in tests:
+        d = t.diff
+        n = "–" if d is None else (str(d.n) if d.paired else f"{d.n}+{d.n_other}")
+        flip = "–" if d is None or d.p is None or not d.paired else f"{fmt(d.p, 3)} (min {fmt(d.p_min, 3)})"
+        verdict_text = t.verdict + (f" (MDE {fmt(t.mde, 2)})" if t.verdict == INCONCLUSIVE and t.mde else "")
+        rows.append({"claim": t.key, "statement": t.statement, "paper vs arm": f"{t.paper} vs {t.arm}",
+                     "metric": f"{t.metric}{arrow(t.metric)}", "n": n,
+                     "Δ in the paper's favour [95% CI]": _fmt_ci(d),
+                     "t-test p (Holm)": "–" if t.p is None else f"{fmt(t.p, 3)} ({fmt(t.p_holm, 3)})",
+                     "sign-flip p": flip, "MDE": fmt(t.mde, 2), "verdict": verdict_text})
+    m = sum(t.p is not None for t in tests)
+    unknown = sorted({t.metric for t in tests if higher_is_better(t.metric) is None})
+    notes = [
+        "Δ = paper row - arm row, per seed where both rows ran the same seeds (paired: same data order, same "
+        "noise per step; else Welch), with the sign flipped for lower-is-better metrics, so Δ > 0 is always in "
+        f"the paper's favour. {int(CONFIDENCE * 100)}% Student-t interval of the mean Δ, each on its own.",
+        f"Verdict: from the t test whose interval is shown (paired t; Welch where the seeds differ), Holm-adjusted "
+        f"across the {m} claim(s) of this table: {SUPPORTED} = adjusted p < {ALPHA:.2g} and Δ > 0; {CONTRADICTED} "
+        f"= adjusted p < {ALPHA:.2g} and Δ < 0; otherwise {INCONCLUSIVE}, with the MDE: the true Δ this test "
+        f"finds with {POWER:.0%} power at the strictest Holm level ({ALPHA:.2g}/{max(m, 1)}) and the observed seed "
+        "SD. An inconclusive claim is not evidence that the rows are equal. The t test assumes roughly normal "
+        "seed noise; an interval that excludes 0 may still read inconclusive, the adjusted p counting the claims "
+        "together.",
+        "Sign-flip p: exact permutation p over all 2^n sign flips of the per-seed Δ (no normality assumed), shown "
+        "beside as a check, not used for the verdict: with n seeds it cannot go below 2/2^n (n = 5: 0.0625), so "
+        "below 6 seeds it can never reach 0.05, and below 8 never the Holm level of 4 claims.",
+        f"Rows and runs: `dfgan report --study {study}`; the study's own table of differences has the same Δ "
+        "unoriented."]
+    if unknown:
+        notes.append(f"Direction unknown for {', '.join(unknown)}: taken as higher is better.")
+    return Table("claims", "The paper's claims: paired differences and verdicts", pd.DataFrame(rows), notes)
+
+
+def _throughput_records(path: str | None) -> dict[tuple[str, str], list[dict]]:
+    """(kind, variant) -> benchmark records of the named variants (training step, sampling)."""
+    if not path or not Path(path).is_file():
+        return {}
+    data = json.loads(Path(path).read_text())
+    recs = data.get("benchmarks", data.get("records", [])) if isinstance(data, dict) else data
+    out: dict[tuple[str, str], list[dict]] = {}
+    for r in recs:
+        info = {**r, **(r.get("extra_info") or {})}
+        speed = info.get("images_per_s", info.get("images_per_sec"))
+        if info.get("kind") in THROUGHPUT_KINDS and info.get("variant") and speed is not None:
+            out.setdefault((info["kind"], info["variant"]), []).append({**info, "images_per_s": float(speed)})
+    return out
+
+
+def _speed(records, kind: str, variant: str, dtype: str) -> dict | None:
+    recs = records.get((kind, variant), [])
+    same = [r for r in recs if r.get("dtype") == dtype] or recs
+    return max(same, key=lambda r: r["images_per_s"]) if same else None
+
+
+def _nop_paper_size(variant: str) -> int | None:
+    try:
+        return int(spec_nop(resolve_spec(variant, overrides=PAPER_SIZE))["totals"]["trainable"]["count"])
+    except Exception:  # a row that is not a named variant (a factorial crossing): no NoP at the paper's size
+        return None
+
+
+def _pair(a, b, fmt_one) -> str:
+    if a is None or b is None:
+        return "–"
+    ratio = f" ({a / b:.2f}x)" if b else ""
+    return f"{fmt_one(a)} vs {fmt_one(b)}{ratio}"
+
+
+def table_cost(tests: list[ClaimTest], data: StudyData, bench_file: str | None, dtype: str) -> Table:
+    records = _throughput_records(bench_file)
+    cells = data.cells
+
+    def first(row: str, col: str):
+        v = cells.loc[cells["variant"] == row, col].dropna() if col in cells else pd.Series(dtype=object)
+        return v.iloc[0] if len(v) else None
+
+    def base(row: str) -> str:
+        return first(row, "tags.base_variant") or row
+
+    nop256 = {r: _nop_paper_size(base(r)) for r in {x for t in tests for x in (t.paper, t.arm)}}
+    rows, sizes = [], set()
+    for t in tests:
+        row = {"claim": t.key, "paper vs arm": f"{t.paper} vs {t.arm}"}
+        study_nop = [pd.to_numeric(first(r, "tags.nop_trainable"), errors="coerce") for r in (t.paper, t.arm)]
+        study_nop = [None if v is None or not math.isfinite(v) else int(v) for v in study_nop]
+        row["NoP, study size"] = _pair(*study_nop, fmt_count)
+        row["NoP, 256 px nf 32"] = _pair(nop256[t.paper], nop256[t.arm], fmt_count)
+        for kind, label in THROUGHPUT_KINDS.items():
+            a, b = (_speed(records, kind, base(r), dtype) for r in (t.paper, t.arm))
+            row[f"{label} img/s"] = _pair(a and a["images_per_s"], b and b["images_per_s"], lambda v: f"{v:.3g}")
+            for r in (a, b):
+                if r:
+                    sizes.add(f"{label}: {r.get('imsize')} px, nf {r.get('nf')}, batch {r.get('batch')}, "
+                              f"{r.get('dtype')}, {r.get('device')}, {r.get('threads')} threads")
+        rows.append(row)
+    notes = ["Each cell: paper row vs arm row (ratio paper/arm). NoP = trainable parameters (G + D + heads; the "
+             "frozen text encoder excluded): at the study's size from the runs' tag nop_trainable, and at 256 px, "
+             "nf = 32 (DF-GAN's CUB size, the numbers of reports/nop_variants.md) from dfgan.experiment.spec_nop."]
+    if records:
+        notes.append(f"Throughput from {bench_file}, the benchmark records of the same named variants (training: "
+                     "one G + D step with the row's regulariser and head; sampling: generator forward passes), "
+                     f"preferring {dtype}; measured by the benchmarks, not in these runs, at: "
+                     + "; ".join(sorted(sizes)) + ". Higher is cheaper.")
+    else:
+        notes.append("Throughput: no benchmark record with named variants (reports/benchmarks.json; `nox -s "
+                     "benchmark` writes it): not shown.")
+    return Table("claims_cost", "The cost side of each claim", pd.DataFrame(rows), notes)
+
+
+# ---- budgets -----------------------------------------------------------------------------------------------------
+def budget_history(data: StudyData, tests: list[ClaimTest]) -> pd.DataFrame:
+    """Long table (variant, seed, metric, step, value): the last value per run and step of each claim's metric."""
+    metrics = sorted({t.metric for t in tests})
+    hist = metric_history(data, metrics)
+    return hist.drop_duplicates(subset=["run_id", "metric", "step"], keep="last")
+
+
+def table_budgets(tests: list[ClaimTest], hist: pd.DataFrame) -> Table:
+    steps = sorted(hist["step"].unique()) if len(hist) else []
+    rows = []
+    for t in tests:
+        row: dict[str, str] = {"claim": t.key, "paper vs arm": f"{t.paper} vs {t.arm}"}
+        signs = []
+        h = hist[hist["metric"] == t.metric]
+        for step in steps:
+            at = h[h["step"] == step]
+            a, b = (_by_seed(at[at["variant"] == r]) for r in (t.paper, t.arm))
+            if not a or not b:
+                row[f"step {step}"] = "–"
+                continue
+            d, *_ = t_test(a, b, orientation(t.metric))
+            signs.append(np.sign(d.diff))
+            row[f"step {step}"] = _fmt_ci(d)
+        row["same sign at every step"] = ("yes" if len(set(signs)) == 1 else "no") if signs else "–"
+        rows.append(row)
+    notes = ["Δ in the paper's favour (as in the claims table) at each evaluation step of the runs (the periodic "
+             "evaluations and the final one), with its 95% t interval over the seeds evaluated at that step; no "
+             "multiplicity adjustment: this table shows whether the ranking holds across budgets, the verdicts are "
+             "in the claims table."]
+    return Table("claims_budgets", "Does the ranking hold across budgets?", pd.DataFrame(rows), notes)
+
+
+def _by_seed(rows: pd.DataFrame) -> dict[int, float]:
+    return {int(s): float(v) for s, v in zip(rows["seed"], rows["value"], strict=True)}
+
+
+def figure_curves(tests: list[ClaimTest], hist: pd.DataFrame, path: Path) -> Path:
+    """One panel per claim: the metric at each evaluation step, mean over seeds with its 95% t interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(tests)), figsize=(4 * max(1, len(tests)), 3.6), squeeze=False)
+    for ax, t in zip(axes[0], tests, strict=False):
+        h = hist[hist["metric"] == t.metric]
+        for row, colour in ((t.paper, "C0"), (t.arm, "C3")):
+            g = h[h["variant"] == row].groupby("step")["value"]
+            st = g.apply(lambda v: pd.Series(_mean_ci(v.to_numpy(float)), index=["mean", "lo", "hi"])).unstack()
+            if st.empty:
+                continue
+            ax.plot(st.index, st["mean"], "o-", color=colour, label=row)
+            ax.fill_between(st.index, st["lo"], st["hi"], color=colour, alpha=0.2)
+        ax.set(title=t.key, xlabel="training step", ylabel=f"{t.metric}{arrow(t.metric)}")
+        ax.legend(fontsize="small")
+    fig.suptitle("claims: metric at each evaluation, mean over seeds with 95% t interval", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _mean_ci(x: np.ndarray) -> tuple[float, float, float]:
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, m, m
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return m, m - half, m + half
+
+
+# ---- sample grids ------------------------------------------------------------------------------------------------
+def last_sample(run: pd.Series, uri: str) -> tuple[Path | None, str]:
+    """The last step's sample grid of a run: from its run folder (params train.out_dir, name, tag spec_hash),
+    else its MLflow artifacts; (None, why) when there is none."""
+    out_dir, name, h = run.get("params.train.out_dir"), run.get("params.name"), run.get("tags.spec_hash")
+    if isinstance(out_dir, str) and isinstance(name, str) and isinstance(h, str):
+        found = sorted((Path(out_dir) / f"{name}-{h}" / "samples").glob("step_*.png"))
+        if found:
+            return found[-1], "run folder"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        arts = sorted(a.path for a in client.list_artifacts(run["run_id"], "samples") if a.path.endswith(".png"))
+        if arts:
+            return Path(client.download_artifacts(run["run_id"], arts[-1])), "MLflow artifact"
+    except Exception as e:  # no artifact store reachable
+        return None, f"no sample grid ({type(e).__name__})"
+    return None, "no sample grid"
+
+
+def sample_grids(data: StudyData, rows: list[str], folder: Path) -> tuple[list[Path], list[str]]:
+    files, missing = [], []
+    for row in rows:
+        runs = data.cells[data.cells["variant"] == row]
+        if runs.empty:
+            continue
+        seeds = sorted(int(s) for s in runs["seed"].dropna())
+        seed = SAMPLE_SEED if SAMPLE_SEED in seeds else seeds[0]
+        src, why = last_sample(runs[runs["seed"] == seed].iloc[0], data.uri)
+        if src is None:
+            missing.append(f"{row} (seed {seed}): {why}")
+            continue
+        dst = folder / f"samples_{row}_seed{seed}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        files.append(dst)
+    return files, missing
+
+
+# ---- the part of the report --------------------------------------------------------------------------------------
+def claims_report(data: StudyData, definition, primary: str, folder: Path, bench_file: str | None,
+                  dtype: str = "float32") -> ClaimsPart:
+    """Tables (claims, cost, budgets), the curves figure and the sample grids of ``definition.claims``."""
+    part = ClaimsPart()
+    tests = claim_tests(data, definition, primary)
+    part.tables.append(table_claims(tests, data.study))
+    part.tables.append(table_cost(tests, data, bench_file, dtype))
+    hist = budget_history(data, tests)
+    part.tables.append(table_budgets(tests, hist))
+    if len(hist):
+        part.files.append(figure_curves(tests, hist, folder / "figures" / "claims_curves.png"))
+    rows = list(dict.fromkeys(r for t in tests for r in (t.paper, t.arm)))
+    grids, missing = sample_grids(data, rows, folder / "figures")
+    part.files += grids
+    if grids:
+        part.notes.append("Sample grids (figures/samples_<row>_seed<seed>.png): the last step of one seed per row; "
+                          "every run renders the same captions with the same noise (dfgan.train.loop.SampleGrid).")
+    if missing:
+        part.notes.append("No sample grid for: " + "; ".join(missing))
+    return part

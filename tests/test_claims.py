@@ -1,0 +1,180 @@
+"""The claims report: the verdict logic on synthetic paired data (a clear effect, a reversed one, noise, a lower-is-
+better metric, Holm across claims), and the report end to end on a synthetic `claims` study logged to MLflow
+without training (verdicts, cost side, budgets, curves, sample grids)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from scipy import stats
+
+from dfgan.reports.build import build_report
+from dfgan.reports.claims import CONTRADICTED, INCONCLUSIVE, SUPPORTED, judge, orientation, t_test
+from dfgan.reports.stats import mde
+from dfgan.studies.definition import load_study_definition
+from tests.test_report import _log
+
+SEEDS = (100, 101, 102, 103, 104)
+
+
+def _seeds(values) -> dict[int, float]:
+    return dict(zip(SEEDS, (float(v) for v in values), strict=True))
+
+
+# ---- the verdict -----------------------------------------------------------------------------------------------
+def test_verdicts_on_synthetic_pairs():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.6, 0.05, 5)  # seed-to-seed spread, shared by both rows of a pair (paired by seed)
+    pairs = {
+        "clear": (_seeds(base + 0.10 + rng.normal(0, 0.005, 5)), _seeds(base), 1),
+        "reversed": (_seeds(base - 0.10 + rng.normal(0, 0.005, 5)), _seeds(base), 1),
+        "noise": (_seeds(base + rng.normal(0, 0.05, 5)), _seeds(base), 1),
+        "lower_better": (_seeds(base - 0.2 + rng.normal(0, 0.005, 5)), _seeds(base), orientation("fd_attr")),
+    }
+    out = judge(pairs)
+    verdicts = {k: v[4] for k, v in out.items()}
+    assert verdicts == {"clear": SUPPORTED, "reversed": CONTRADICTED, "noise": INCONCLUSIVE,
+                        "lower_better": SUPPORTED}
+    d, p, p_holm, m, _ = out["clear"]
+    x = np.array([pairs["clear"][0][s] - pairs["clear"][1][s] for s in SEEDS])
+    assert d.diff == pytest.approx(x.mean()) and d.paired and d.n == 5
+    assert p == pytest.approx(stats.ttest_1samp(x, 0).pvalue)  # the paired t test of the shown interval
+    assert d.lo > 0 and p_holm >= p
+    # the sign-flip p is beside it and cannot go below 2/2^5 with 5 seeds, however clear the effect
+    assert d.p == pytest.approx(2 / 32) and d.p_min == pytest.approx(2 / 32)
+    # reversed: oriented against the paper, interval below 0
+    assert out["reversed"][0].hi < 0
+    # lower is better (fd_attr): the paper's row is lower, the oriented difference is positive
+    assert orientation("fd_attr") == -1 and out["lower_better"][0].diff == pytest.approx(0.2, abs=0.01)
+    # noise: the MDE of the t test at the strictest Holm level (alpha / 4 claims), observed SD
+    dn, pn, _, mn, _ = out["noise"]
+    xn = np.array([pairs["noise"][0][s] - pairs["noise"][1][s] for s in SEEDS])
+    assert mn == pytest.approx(mde(xn.std(ddof=1) / math.sqrt(5), 4, alpha=0.05 / 4))
+    assert mn > abs(dn.diff) and pn > 0.05
+
+
+def test_holm_across_claims_and_too_few_seeds():
+    d = np.array([0.2, 0.5, 0.0, 0.4, 0.3])
+    raw = stats.ttest_1samp(d, 0).pvalue
+    assert 0.05 / 3 < raw < 0.05  # significant alone, not after Holm over three such claims
+    one = {"a": (_seeds(0.5 + d), _seeds(np.full(5, 0.5)), 1)}
+    assert judge(one)["a"][4] == SUPPORTED
+    three = {k: v for k in "abc" for v in one.values()}
+    assert {v[4] for v in judge(three).values()} == {INCONCLUSIVE}
+    assert judge(three)["a"][2] == pytest.approx(min(1.0, 3 * raw))
+    # one seed: no interval, no test, inconclusive (never supported by a single pair)
+    single = judge({"a": ({100: 0.9}, {100: 0.1}, 1)})["a"]
+    assert single[0].lo is None and single[1] is None and single[4] == INCONCLUSIVE
+    # different seeds: Welch, its own p
+    dw, pw, *_ = t_test(_seeds([0.9, 0.91, 0.92, 0.9, 0.93]), {1: 0.5, 2: 0.52, 3: 0.49}, 1)
+    assert not dw.paired and pw == pytest.approx(dw.p) and pw < 0.05
+
+
+# ---- the report end to end ------------------------------------------------------------------------------------
+# final attr_acc per seed around 0.7 with a shared seed effect; stacked clearly worse, two_way clearly better,
+# no_magp noise, cross_attention worse at the end but not at the first evaluation
+SEED_EFFECT = np.array([0.0, 0.03, -0.02, 0.01, -0.03])
+SHIFT = {"full": 0.0, "stacked": -0.15, "two_way": 0.08, "no_magp": None, "cross_attention": -0.1}
+STEPS = (1500, 3000, 4500, 6000)
+
+
+def _final(variant: str) -> np.ndarray:
+    noise = np.random.default_rng(list(SHIFT).index(variant)).normal(0, 0.01, 5)  # each row its own
+    return 0.7 + SEED_EFFECT + (SHIFT[variant] or 0.0) + noise
+
+
+@pytest.fixture(scope="module")
+def claims_study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("claims")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("claims", artifact_location=(tmp / "art").as_uri())
+    nop = {"full": 100_000, "stacked": 200_000, "two_way": 100_100, "no_magp": 100_000, "cross_attention": 150_000}
+    colours = {"full": (0, 0, 255), "stacked": (255, 0, 0)}
+    for variant in SHIFT:
+        for seed, final in zip(SEEDS, _final(variant), strict=True):
+            hist = {s: final * (0.7 + 0.1 * i) for i, s in enumerate(STEPS)}
+            if variant == "cross_attention":
+                hist[1500] = 0.9 * 0.7  # better than full early on: the ranking flips with the budget
+            tags = {"role": "cell", "study": "claims", "study_kind": "grid", "variant": variant, "seed": seed,
+                    "base_variant": variant, "spec_hash": f"h{variant}{seed}", "nop_trainable": nop[variant],
+                    "overrides": "eval.interval=1500", "git_commit": "abc"}
+            params = {"data.imsize": 32, "model.nf": 4, "train.out_dir": str(tmp / "runs"), "name": variant}
+            run_id = _log(client, exp, tags, {"attr_acc": hist, "fd_attr": {6000: 5.0}}, params)
+            if seed == 100 and variant in colours:  # a grid in the run folder (the artifact path: two_way below)
+                folder = tmp / "runs" / f"{variant}-h{variant}{seed}" / "samples"
+                folder.mkdir(parents=True)
+                for step in (250, 6000):
+                    Image.new("RGB", (8, 8), colours[variant] if step == 6000 else (0, 0, 0)).save(
+                        folder / f"step_{step:07d}.png")
+            if seed == 100 and variant == "two_way":
+                art = tmp / "step_0006000.png"
+                Image.new("RGB", (8, 8), (0, 255, 0)).save(art)
+                client.log_artifact(run_id, str(art), "samples")
+    bench = tmp / "benchmarks.json"
+    recs = [{"kind": k, "variant": v, "imsize": 64, "nf": 32, "batch": 8, "dtype": "float32", "device": "cpu",
+             "threads": 2, "images_per_s": s * (2 if k == "sampling_variant" else 1)}
+            for k in ("train_step", "sampling_variant") for v, s in
+            (("full", 28.0), ("stacked", 14.0), ("two_way", 27.0), ("no_magp", 38.0), ("cross_attention", 18.0))]
+    bench.write_text(json.dumps({"benchmarks": [{"name": f"b{i}", "extra_info": r} for i, r in enumerate(recs)]}))
+    rep = build_report("claims", tracking_uri=uri, out_dir=tmp / "reports", benchmarks=str(bench), n_boot=200)
+    return {"rep": rep, "tmp": tmp}
+
+
+def test_claims_report_verdicts_and_numbers(claims_study):
+    rep = claims_study["rep"]
+    t = rep.tables["claims"].frame.set_index("claim")
+    assert list(t.index) == list(load_study_definition("claims").claims)  # the study file's four claims
+    assert t.loc["one_stage", "verdict"] == SUPPORTED and t.loc["dfblock", "verdict"] == SUPPORTED
+    assert t.loc["one_way", "verdict"] == CONTRADICTED  # two_way better here: said so, not hidden
+    assert t.loc["ma_gp", "verdict"].startswith(f"{INCONCLUSIVE} (MDE ")
+    d = _final("full") - _final("stacked")
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert t.loc["one_stage", "Δ in the paper's favour [95% CI]"] == \
+        f"{d.mean():+.3g} [{d.mean() - half:+.3g}, {d.mean() + half:+.3g}]"
+    assert t.loc["one_stage", "n"] == "5" and t.loc["one_stage", "sign-flip p"] == "0.0625 (min 0.0625)"
+    reversed_mean = (_final("full") - _final("two_way")).mean()
+    assert t.loc["one_way", "Δ in the paper's favour [95% CI]"].startswith(f"{reversed_mean:+.3g} [-")
+    notes = " ".join(rep.tables["claims"].notes)
+    assert "Holm-adjusted across the 4 claim(s)" in notes and "can never reach 0.05" in notes
+
+    cost = rep.tables["claims_cost"].frame.set_index("claim")
+    assert cost.loc["one_stage", "NoP, study size"] == "100,000 vs 200,000 (0.50x)"
+    assert cost.loc["dfblock", "NoP, 256 px nf 32"] == "16.46M vs 22.06M (0.75x)"  # reports/nop_variants.md
+    assert cost.loc["dfblock", "training img/s"] == "28 vs 18 (1.56x)"
+    assert cost.loc["dfblock", "sampling img/s"] == "56 vs 36 (1.56x)"
+
+    bud = rep.tables["claims_budgets"].frame.set_index("claim")
+    assert [c for c in bud.columns if c.startswith("step")] == [f"step {s}" for s in STEPS]
+    assert bud.loc["one_stage", "same sign at every step"] == "yes"
+    assert bud.loc["dfblock", "same sign at every step"] == "no" and bud.loc["dfblock", "step 1500"].startswith("-")
+
+
+def test_claims_report_files(claims_study):
+    rep, folder = claims_study["rep"], claims_study["rep"].folder
+    for key in ("claims", "claims_cost", "claims_budgets"):
+        assert (folder / f"{key}.md").is_file() and r"\toprule" in (folder / f"{key}.tex").read_text()
+    assert (folder / "figures" / "claims_curves.png").stat().st_size > 10_000
+    # the last step's grid of seed 100 per row: from the run folder, else from the MLflow artifacts
+    assert Image.open(folder / "figures" / "samples_full_seed100.png").getpixel((0, 0)) == (0, 0, 255)
+    assert Image.open(folder / "figures" / "samples_stacked_seed100.png").getpixel((0, 0)) == (255, 0, 0)
+    assert Image.open(folder / "figures" / "samples_two_way_seed100.png").getpixel((0, 0)) == (0, 255, 0)
+    assert any("No sample grid for: no_magp (seed 100)" in n for n in rep.notes)
+    readme = (folder / "README.md").read_text()
+    assert "The paper's claims: paired differences and verdicts" in readme and "samples_full_seed100" in readme
+
+
+def test_claims_must_name_rows_of_the_study():
+    from pydantic import ValidationError
+
+    from dfgan.studies.definition import StudyDefinition
+
+    ok = StudyDefinition(name="s", variants=["full", "no_magp"], claims={"m": {"arm": "no_magp", "statement": "x"}})
+    assert ok.claims["m"].paper is None  # the reference (full) is the paper's row
+    with pytest.raises(ValidationError, match="claims.m: row 'stacked' is not a cell"):
+        StudyDefinition(name="s", variants=["full", "no_magp"], claims={"m": {"arm": "stacked", "statement": "x"}})
