@@ -45,6 +45,7 @@ from dfgan.metrics.proxy import EffNetLite0Extractor
 from dfgan.metrics.registry import MetricDef
 from dfgan.metrics.registry import metrics as metric_defs
 from dfgan.noise import truncated_noise
+from dfgan.profile import NO_PROFILE
 from dfgan.registry import DATASETS
 
 EVAL_SEED = 0  # noise of the generated images and R-precision candidates
@@ -225,6 +226,11 @@ def _compute(defn: MetricDef, out: dict[str, np.ndarray], img_idx: np.ndarray, c
     raise ValueError(f"unknown metric kind {defn.kind!r}")
 
 
+def _section_name(key: str) -> str:
+    """A feature extractor's key as a profile section name (``inception:clean`` -> ``inception_clean``)."""
+    return key.replace(":", "_")
+
+
 def _json_safe(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -239,7 +245,7 @@ def _json_safe(x):
 
 def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_hash: str, run_dir=None, sink=None,
              options: EvalOptions | None = None, train_dataset=None, source: str = "eval",
-             skip_unavailable: bool = False, extractor_cache: dict | None = None) -> list[dict]:
+             skip_unavailable: bool = False, extractor_cache: dict | None = None, profile=None) -> list[dict]:
     """Compute ``metric_names`` for the generator of ``gan`` and record them; returns the records.
     The spec's datasets are built from ``dfgan.registry.DATASETS`` (complete once ``dfgan.experiment``, through
     which every caller assembles its experiment, is imported); ``run_hash`` identifies the run in each record.
@@ -247,8 +253,10 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
     ``train_dataset`` (built from the spec when missing) trains the attribute classifier and the DAMSM
     evaluator; test captions and reference images come from each metric's split. With ``skip_unavailable``, a
     metric whose feature extractor cannot be built (e.g. missing Inception weights) is skipped with a warning.
-    ``extractor_cache`` (a dict kept by the caller) reuses networks between evaluations of one run."""
+    ``extractor_cache`` (a dict kept by the caller) reuses networks between evaluations of one run.
+    ``profile`` (a ``dfgan.profile.Profile``) times the parts: data, feature networks, generation, metrics."""
     options = options or EvalOptions()
+    prof = profile or NO_PROFILE
     defs = metric_defs(metric_names)
     if not defs:
         raise ValueError("no metrics to evaluate: give metric names (see `dfgan eval --list`)")
@@ -269,7 +277,8 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
     records = []
     for split in dict.fromkeys(d.split for d in defs):
         group = [d for d in defs if d.split == split]
-        test = DATASETS.build(spec.data.name, spec.data, split)
+        with prof.section("data"):
+            test = DATASETS.build(spec.data.name, spec.data, split)
         ctx = {"device": device, "options": options, "spec": spec, "train": train, "test": test,
                "batch_size": batch_size, "conditioner": conditioner}
         t_setup = time.perf_counter()
@@ -281,7 +290,8 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
                 extractors[d.extractor] = extractor_cache[(split, d.extractor)]
                 continue
             try:
-                extractors[d.extractor] = _build_extractor(d.extractor, ctx)
+                with prof.section(f"setup_{_section_name(d.extractor)}"):  # e.g. the attribute classifier
+                    extractors[d.extractor] = _build_extractor(d.extractor, ctx)
                 if extractor_cache is not None:
                     extractor_cache[(split, d.extractor)] = extractors[d.extractor]
             except (fidlib.InceptionWeightsMissing, FileNotFoundError) as e:
@@ -297,13 +307,14 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
         n_gen = max(d.count or n_default for d in group)
         parts: dict[str, dict[str, list[np.ndarray]]] = {k: {} for k in extractors}
         idx_i, idx_j = [], []
-        for images, ii, jj in generate_images(gan.generator, conditioner, test, n_gen, batch_size,
-                                              z_dim=spec.model.z_dim, truncation=spec.model.truncation,
-                                              device=device, seed=options.seed, progress=options.progress):
+        for images, ii, jj in prof.iterate("generate", generate_images(
+                gan.generator, conditioner, test, n_gen, batch_size, z_dim=spec.model.z_dim,
+                truncation=spec.model.truncation, device=device, seed=options.seed, progress=options.progress)):
             idx_i.append(ii), idx_j.append(jj)
             for k, ext in extractors.items():
-                for name, v in ext(images).items():
-                    parts[k].setdefault(name, []).append(v)
+                with prof.section(f"features_{_section_name(k)}"):
+                    for name, v in ext(images).items():
+                        parts[k].setdefault(name, []).append(v)
         outs = {k: {n: np.concatenate(v) for n, v in p.items()} for k, p in parts.items()}
         img_idx, cap_idx = np.concatenate(idx_i), np.concatenate(idx_j)
         pass_seconds = time.perf_counter() - t0
@@ -317,8 +328,9 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
             count = d.count or n_default
             t1 = time.perf_counter()
             out = {k: v[:count] for k, v in outs[d.extractor].items()}
-            value, details, specific = _compute(d, out, img_idx[:count], cap_idx[:count], extractors[d.extractor],
-                                                test, ctx)
+            with prof.section(f"metric_{d.name}"):  # reference statistics included (cached after the first time)
+                value, details, specific = _compute(d, out, img_idx[:count], cap_idx[:count],
+                                                    extractors[d.extractor], test, ctx)
             protocol = {"metric": d.name, "kind": d.kind, "n_images": count, **generation,
                         **extractors[d.extractor].protocol(), **specific}
             rec = {
@@ -347,7 +359,7 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
 
 
 def evaluate_during_training(spec, run_hash: str, gan, conditioner, dataset, device, tracker, step,
-                             run_dir) -> list[dict]:
+                             run_dir, *, profile=None) -> list[dict]:
     """What the training loop calls every ``spec.eval.interval`` steps and at the end: ``spec.eval.metrics``
     on ``spec.eval.n_images`` images, logged to the run's MLflow run and ``metrics.jsonl``. Metrics whose
     weights are missing on this machine are skipped with a warning instead of stopping the training."""
@@ -357,7 +369,8 @@ def evaluate_during_training(spec, run_hash: str, gan, conditioner, dataset, dev
         del _TRAINING_EXTRACTORS[other]
     return evaluate(spec, gan, conditioner, device, spec.eval.metrics, step=step, run_hash=run_hash,
                     run_dir=run_dir, sink=TrackerSink(tracker) if tracker is not None else None,
-                    train_dataset=dataset, source="train", skip_unavailable=True, extractor_cache=cache)
+                    train_dataset=dataset, source="train", skip_unavailable=True, extractor_cache=cache,
+                    profile=profile)
 
 
 _TRAINING_EXTRACTORS: dict[tuple[str, str], dict] = {}
