@@ -46,6 +46,7 @@ from dfgan.metrics.registry import MetricDef
 from dfgan.metrics.registry import metrics as metric_defs
 from dfgan.noise import truncated_noise
 from dfgan.profile import NO_PROFILE
+from dfgan.progress import progress_bar
 from dfgan.registry import DATASETS
 
 EVAL_SEED = 0  # noise of the generated images and R-precision candidates
@@ -122,11 +123,7 @@ def generate_images(generator, conditioner, dataset, n: int, batch_size: int, *,
     noise = truncated_noise(n, z_dim, truncation, torch.Generator().manual_seed(seed))
     was_training = generator.training
     generator.eval()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc="generate", unit="img", leave=False)
+    bar = progress_bar(n, "generate", unit="img", leave=False) if progress else None
     try:
         for s in range(0, n, batch_size):
             ii, jj = img_idx[s:s + batch_size], cap_idx[s:s + batch_size]
@@ -359,16 +356,18 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
 
 
 def evaluate_during_training(spec, run_hash: str, gan, conditioner, dataset, device, tracker, step,
-                             run_dir, *, profile=None) -> list[dict]:
+                             run_dir, *, profile=None, progress: bool = False) -> list[dict]:
     """What the training loop calls every ``spec.eval.interval`` steps and at the end: ``spec.eval.metrics``
     on ``spec.eval.n_images`` images, logged to the run's MLflow run and ``metrics.jsonl``. Metrics whose
-    weights are missing on this machine are skipped with a warning instead of stopping the training."""
+    weights are missing on this machine are skipped with a warning instead of stopping the training.
+    ``progress``: a bar (terminal) or status lines (log file) while images are generated."""
     key = (run_hash, str(device))
     cache = _TRAINING_EXTRACTORS.setdefault(key, {})
     for other in [k for k in _TRAINING_EXTRACTORS if k != key]:  # keep only the networks of the run being trained
         del _TRAINING_EXTRACTORS[other]
     return evaluate(spec, gan, conditioner, device, spec.eval.metrics, step=step, run_hash=run_hash,
                     run_dir=run_dir, sink=TrackerSink(tracker) if tracker is not None else None,
+                    options=EvalOptions(progress=progress),
                     train_dataset=dataset, source="train", skip_unavailable=True, extractor_cache=cache,
                     profile=profile)
 

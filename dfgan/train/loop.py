@@ -27,6 +27,7 @@ from dfgan.metrics.evaluate import evaluate_during_training, record_values
 from dfgan.metrics.nop import nop_report
 from dfgan.noise import step_noise, truncated_noise
 from dfgan.profile import Profile, log_profile
+from dfgan.progress import progress_bar, set_interval
 from dfgan.runs import CHECKPOINT, FINAL_WEIGHTS, RunExistsError
 from dfgan.runtime import pick_device, resolve_precision, runtime_info
 from dfgan.tracking import Tracker
@@ -103,6 +104,7 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
         torch.cuda.set_device(device)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
+    interval = set_interval(spec.train.status_every_s)  # status lines of this run's pretraining, training, eval
     run = _Run(spec, run_hash(spec), run_identity(spec), run_folder(spec), device, dinfo, profile=profile)
     try:
         if dinfo.is_main:
@@ -133,6 +135,7 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
                                          f"training stopped; the last good checkpoint (step {run.last_good}) "
                                          f"is kept at {run.ckpt_path}") from None
     finally:
+        set_interval(interval)
         dist.shutdown(dinfo)
 
 
@@ -236,14 +239,11 @@ def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval)
         if not dinfo.is_main:
             return {}
         records = evaluate_during_training(spec, run.hash, gan, conditioner, dataset, device, tracker, step, run_dir,
-                                           profile=prof)
+                                           profile=prof, progress=progress)
         return record_values(records)
 
-    bar = None
-    if progress and dinfo.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=t.steps, initial=start, desc=f"train {spec.name}", unit="step", dynamic_ncols=True)
+    # a bar on a terminal, else a status line every train.status_every_s (dfgan.progress)
+    bar = progress_bar(t.steps, f"train {spec.name}", unit="step", initial=start, enabled=progress and dinfo.is_main)
     window_t, window_n = time.time(), 0
     loader = step_loader(dataset, plan, start, end, t.num_workers)
     prof.end("build")
@@ -261,7 +261,7 @@ def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval)
             window_n += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(d=f"{losses['loss_d']:.3f}", g=f"{losses['loss_g']:.3f}")
+                bar.set_postfix(loss_d=f"{losses['loss_d']:.3f}", loss_g=f"{losses['loss_g']:.3f}", refresh=False)
             if done % t.log_every == 0 or done == end:
                 dt = time.time() - window_t
                 rate = window_n / dt if dt > 0 else float("nan")
