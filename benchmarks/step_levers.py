@@ -9,13 +9,14 @@ timed (torch.compile compiles there: its time is reported apart). Sides (``--sid
 * ``base``: the Stepper as a run builds it (channels_last, fused affine);
 * ``nchw``: base without channels_last;
 * ``compile_g``: base with ``train.compile`` (torch.compile of the generator);
-* ``compile_d``: base with the discriminator's first-order passes (the fake images, D step and G step)
-  compiled, the real pass that MA-GP differentiates twice eager (``train.compile_d``);
-* ``compile_gd``: both;
 * ``threads1``: base run with ``torch.set_num_threads(1)`` (and back for the others).
 
+(Compiling the discriminator's first-order passes too, the fakes in the D and the G step, with the real pass
+that MA-GP differentiates twice kept eager, was measured with commit "benchmarks/step_levers.py: ...
+train.compile_d" and removed: 0.994x alone, 1.009x with the generator compiled, on an AVX2 CPU in fp32.)
+
     PYTHONPATH=. MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \\
-        python -m benchmarks.step_levers --rounds 200 --sides base,compile_g,compile_d --out levers.json
+        python -m benchmarks.step_levers --threads 1 --rounds 200 --sides base,nchw,compile_g --out levers.json
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from dfgan.experiment import build_regulariser
 from dfgan.runtime import resolve_precision
 from dfgan.train.step import Stepper, apply_speed_options
 
-SIDES = ("base", "nchw", "compile_g", "compile_d", "compile_gd", "threads1")
+SIDES = ("base", "nchw", "compile_g", "threads1")
 
 
 def make_side(name: str, spec, gan0, device, batch: Batch):
     """A callable that runs one training step of side ``name`` (see the module docstring)."""
-    over = {"nchw": ["train.channels_last=false"], "compile_g": ["train.compile=true"],
-            "compile_d": ["train.compile_d=true"], "compile_gd": ["train.compile=true", "train.compile_d=true"]}
+    if name not in SIDES:
+        raise ValueError(f"unknown side {name!r}; sides: {', '.join(SIDES)}")
+    over = {"nchw": ["train.channels_last=false"], "compile_g": ["train.compile=true"]}
     s = bench_spec("full", imsize=spec.data.imsize, nf=spec.model.nf, batch=spec.train.batch_size,
                    speed="fp32", overrides=[f"train.precision={spec.train.precision}", *over.get(name, [])])
     gan = copy.deepcopy(gan0).to(device)
@@ -49,7 +51,7 @@ def make_side(name: str, spec, gan0, device, batch: Batch):
     opt_g, opt_d = optimizers(gan, s.train)
     precision = resolve_precision(s.train.precision, device)
     stepper = Stepper(gan, build_regulariser(s), opt_g, opt_d, precision=precision, device=device,
-                      channels_last=s.train.channels_last, compile_d=getattr(s.train, "compile_d", False))
+                      channels_last=s.train.channels_last)
     if s.train.compile:
         gan.generator.compile()
     n = [0]
@@ -68,12 +70,12 @@ def make_side(name: str, spec, gan0, device, batch: Batch):
         return out
 
     return step, {"precision": precision, "channels_last": s.train.channels_last, "compile": s.train.compile,
-                  "compile_d": getattr(s.train, "compile_d", False)}
+                  "threads": threads or torch.get_num_threads()}
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sides", default="base,compile_g,compile_d,compile_gd")
+    ap.add_argument("--sides", default="base,nchw,compile_g")
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--imsize", type=int, default=32)

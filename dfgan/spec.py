@@ -118,7 +118,6 @@ class TrainSpec(_Strict):
     channels_last: bool = True  # NHWC weights and images
     fused_affine: bool = True  # all DFBlock (gamma, beta) from one matmul per forward (dfgan.nn.fused), if any
     compile: bool = False  # torch.compile of the generator only (never MA-GP's double backward)
-    compile_d: bool = False  # torch.compile of the D passes on the fakes (the real one: MA-GP's double backward)
     # order of images in batches: random = a seeded permutation per epoch (DF-GAN); attribute_pairs = adjacent
     # images differ in exactly one attribute that every caption names, so that DF-GAN's rolled-batch mismatched
     # pairs include hard negatives (built-in data only; dfgan.data.order.paired_permutation); auto = the
@@ -196,8 +195,6 @@ class Spec(_Strict):
                   "status_every_s"):
             d["train"].pop(k)
         d["data"].pop("root")
-        if not self.train.compile_d:  # added after the first hashes: hashed only when on
-            d["train"].pop("compile_d")
         if self.model.fusion.name != "cross_attention":  # read by cross_attention only: hashed only there
             d["model"]["fusion"].pop("conditioning_augmentation")
         for section, version in computation_versions(self).items():  # only where a fix changed what it computes

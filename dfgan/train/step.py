@@ -65,12 +65,9 @@ class Stepper:
     """Holds what a step needs (networks, optimisers, regulariser, precision) and runs steps."""
 
     def __init__(self, gan, regulariser, opt_g, opt_d, *, precision: str = "fp32", device="cpu",
-                 channels_last: bool = False, grad_sync=None, profile=None, compile_d: bool = False):
+                 channels_last: bool = False, grad_sync=None, profile=None):
         self.gan, self.reg, self.opt_g, self.opt_d = gan, regulariser, opt_g, opt_d
         self.profile = profile or NO_PROFILE  # times the parts of sampled steps (dfgan.profile: detail sections)
-        # the discriminator passes differentiated once (the fakes, in the D and the G step) may run compiled; the
-        # real pass stays eager: MA-GP differentiates it twice, which torch.compile does not support
-        self.d_once = [torch.compile(D) if compile_d else D for D in gan.discriminators]
         self.device = torch.device(device)
         self.precision = precision
         self.channels_last = channels_last
@@ -124,7 +121,7 @@ class Stepper:
                 sent = sentence.clone().requires_grad_(True)
             with prof.detail("d_forward"), self.autocast():
                 f_real = D(real)
-                f_fake = self.d_once[s](self._fmt(fakes[s].detach()))
+                f_fake = D(self._fmt(fakes[s].detach()))
                 out_real = head.cond_score(f_real, sent).float()
                 d = head.d_loss(f_real, f_fake, sent, out_real)
             # outside autocast: gradients and norm in fp32; an own pass of the penalty runs under self.autocast,
@@ -154,7 +151,7 @@ class Stepper:
             p.requires_grad_(False)
         loss_g = images.new_zeros(())
         with prof.detail("g_d_forward"), self.autocast():  # D on the fakes, for the generator loss
-            for s, (D, head) in enumerate(zip(self.d_once, gan.heads)):
+            for s, (D, head) in enumerate(zip(gan.discriminators, gan.heads)):
                 loss_g = loss_g + head.g_loss(D(self._fmt(fakes[s])), sentence).float()
         kl = self._kl_loss()
         if kl is not None:  # AttnGAN's conditioning augmentation: its KL term, weight 1 (dfgan.nn.fusion)
