@@ -138,6 +138,9 @@ class TrainSpec(_Strict):
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads (None = torch default)
     log_every: int = Field(10, ge=1)
+    # seconds between plain status lines when stderr is no terminal (a log file; a terminal gets a bar): training,
+    # DAMSM pretraining and evaluation (dfgan.progress)
+    status_every_s: float = Field(30.0, gt=0)
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(250, ge=1)
     out_dir: str = "runs"
@@ -205,7 +208,8 @@ class Spec(_Strict):
         A run's identity adds the data's own (``dfgan.experiment.run_identity``)."""
         d = self.to_dict()
         d.pop("name"), d.pop("description"), d.pop("tracking")
-        for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads"):
+        for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads",
+                  "status_every_s"):
             d["train"].pop(k)
         d["data"].pop("root")
         d["eval"].pop("prune_warmup_steps")

@@ -33,6 +33,7 @@ from torch import nn
 
 from dfgan.data.builtin_render import ATTRIBUTES
 from dfgan.metrics.features import Extractor, extract, real_batches
+from dfgan.progress import progress_bar
 from dfgan.runs import cache_dir, load_or_make
 
 CLASSIFIER_VERSION = 2  # bump when the recipe below changes: cached classifiers are retrained
@@ -158,11 +159,7 @@ def _fit(classes, x, y, steps, device, progress) -> AttributeClassifier:
         g = torch.Generator().manual_seed(SEED)
         order: list[int] = []
         model.train()
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps, desc="attribute classifier", leave=False)
+        bar = progress_bar(steps, "attribute classifier", unit="step", leave=False) if progress else None
         for _ in range(steps):
             if len(order) < BATCH:
                 order += torch.randperm(len(x), generator=g).tolist()

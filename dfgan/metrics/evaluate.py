@@ -52,6 +52,8 @@ from dfgan.metrics.proxy import EffNetLite0Extractor
 from dfgan.metrics.registry import MetricDef, for_split
 from dfgan.metrics.registry import metrics as metric_defs
 from dfgan.noise import truncated_noise
+from dfgan.profile import NO_PROFILE
+from dfgan.progress import progress_bar
 from dfgan.registry import DATASETS
 
 EVAL_SEED = 0  # noise of the generated images and R-precision candidates
@@ -129,11 +131,7 @@ def generate_images(generator, conditioner, dataset, n: int, batch_size: int, *,
     noise = truncated_noise(n, z_dim, truncation, torch.Generator().manual_seed(seed))
     was_training = generator.training
     generator.eval()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc="generate", unit="img", leave=False)
+    bar = progress_bar(n, "generate", unit="img", leave=False) if progress else None
     try:
         for s in range(0, n, batch_size):
             ii, jj = img_idx[s:s + batch_size], cap_idx[s:s + batch_size]
@@ -239,6 +237,11 @@ def _compute(defn: MetricDef, out: dict[str, np.ndarray], img_idx: np.ndarray, c
     raise ValueError(f"unknown metric kind {defn.kind!r}")
 
 
+def _section_name(key: str) -> str:
+    """A feature extractor's key as a profile section name (``inception:clean`` -> ``inception_clean``)."""
+    return key.replace(":", "_")
+
+
 def _json_safe(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -253,7 +256,7 @@ def _json_safe(x):
 
 def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_hash: str, run_dir=None, sink=None,
              options: EvalOptions | None = None, train_dataset=None, source: str = "eval",
-             skip_unavailable: bool = False, extractor_cache: dict | None = None) -> list[dict]:
+             skip_unavailable: bool = False, extractor_cache: dict | None = None, profile=None) -> list[dict]:
     """Compute ``metric_names`` for the generator of ``gan`` and record them; returns the records.
     The spec's datasets are built from ``dfgan.registry.DATASETS`` (complete once ``dfgan.experiment``, through
     which every caller assembles its experiment, is imported); ``run_hash`` identifies the run in each record.
@@ -261,8 +264,10 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
     ``train_dataset`` (built from the spec when missing) trains the attribute classifier and the DAMSM
     evaluator; test captions and reference images come from each metric's split. With ``skip_unavailable``, a
     metric whose feature extractor cannot be built (e.g. missing Inception weights) is skipped with a warning.
-    ``extractor_cache`` (a dict kept by the caller) reuses networks between evaluations of one run."""
+    ``extractor_cache`` (a dict kept by the caller) reuses networks between evaluations of one run.
+    ``profile`` (a ``dfgan.profile.Profile``) times the parts: data, feature networks, generation, metrics."""
     options = options or EvalOptions()
+    prof = profile or NO_PROFILE
     defs = metric_defs(metric_names)
     if not defs:
         raise ValueError("no metrics to evaluate: give metric names (see `dfgan eval --list`)")
@@ -284,7 +289,8 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
     records = []
     for split in dict.fromkeys(d.split for d in defs):
         group = [d for d in defs if d.split == split]
-        test = DATASETS.build(spec.data.name, spec.data, split)
+        with prof.section("data"):
+            test = DATASETS.build(spec.data.name, spec.data, split)
         ctx = {"device": device, "options": options, "spec": spec, "train": train, "test": test,
                "batch_size": batch_size, "conditioner": conditioner}
         t_setup = time.perf_counter()
@@ -296,7 +302,8 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
                 extractors[d.extractor] = extractor_cache[(split, d.extractor)]
                 continue
             try:
-                extractors[d.extractor] = _build_extractor(d.extractor, ctx)
+                with prof.section(f"setup_{_section_name(d.extractor)}"):  # e.g. the attribute classifier
+                    extractors[d.extractor] = _build_extractor(d.extractor, ctx)
                 if extractor_cache is not None:
                     extractor_cache[(split, d.extractor)] = extractors[d.extractor]
             except (fidlib.InceptionWeightsMissing, FileNotFoundError) as e:
@@ -324,13 +331,14 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
             t0 = time.perf_counter()
             parts: dict[str, dict[str, list[np.ndarray]]] = {k: {} for k in extractors}
             idx_i, idx_j = [], []
-            for images, ii, jj in generate_images(gan.generator, conditioner, test, n_gen, batch_size,
-                                                  z_dim=spec.model.z_dim, truncation=spec.model.truncation,
-                                                  device=device, seed=seed, progress=options.progress):
+            for images, ii, jj in prof.iterate("generate", generate_images(
+                    gan.generator, conditioner, test, n_gen, batch_size, z_dim=spec.model.z_dim,
+                    truncation=spec.model.truncation, device=device, seed=seed, progress=options.progress)):
                 idx_i.append(ii), idx_j.append(jj)
                 for k, ext in extractors.items():
-                    for name, v in ext(images).items():
-                        parts[k].setdefault(name, []).append(v)
+                    with prof.section(f"features_{_section_name(k)}"):
+                        for name, v in ext(images).items():
+                            parts[k].setdefault(name, []).append(v)
             outs = {k: {n: np.concatenate(v) for n, v in p.items()} for k, p in parts.items()}
             img_idx, cap_idx = np.concatenate(idx_i), np.concatenate(idx_j)
             pass_seconds += time.perf_counter() - t0
@@ -338,8 +346,9 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
                 count = d.count or n_default
                 t1 = time.perf_counter()
                 out = {k: v[:count] for k, v in outs[d.extractor].items()}
-                results[d.name].append(_compute(d, out, img_idx[:count], cap_idx[:count], extractors[d.extractor],
-                                                test, ctx))
+                with prof.section(f"metric_{d.name}"):  # reference statistics included (cached after the first)
+                    results[d.name].append(_compute(d, out, img_idx[:count], cap_idx[:count],
+                                                    extractors[d.extractor], test, ctx))
                 own_seconds[d.name] += time.perf_counter() - t1
         generation = {
             "split": split, "resolution": spec.data.imsize, "dataset": spec.data.name,
@@ -381,11 +390,12 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
 
 
 def evaluate_during_training(spec, run_hash: str, gan, conditioner, dataset, device, tracker, step,
-                             run_dir) -> list[dict]:
+                             run_dir, *, profile=None, progress: bool = False) -> list[dict]:
     """What the training loop calls every ``spec.eval.interval`` steps and at the end: ``spec.eval.metrics``
     on ``spec.eval.n_images`` images of the ``spec.eval.split`` split (names as ``on_split`` gives them), logged
     to the run's MLflow run and ``metrics.jsonl``. Metrics whose weights are missing on this machine are skipped
-    with a warning instead of stopping the training."""
+    with a warning instead of stopping the training. ``progress``: a bar (terminal) or status lines (log file)
+    while images are generated."""
     key = (run_hash, str(device))
     cache = _TRAINING_EXTRACTORS.setdefault(key, {})
     for other in [k for k in _TRAINING_EXTRACTORS if k != key]:  # keep only the networks of the run being trained
@@ -393,9 +403,10 @@ def evaluate_during_training(spec, run_hash: str, gan, conditioner, dataset, dev
     names = for_split(spec.eval.metrics, spec.eval.split)
     final = step >= spec.train.steps  # the final evaluation: spec.eval.noise_draws draws; periodic ones: one
     return evaluate(spec, gan, conditioner, device, names, step=step, run_hash=run_hash,
-                    options=EvalOptions(draws=None if final else 1),
+                    options=EvalOptions(draws=None if final else 1, progress=progress),
                     run_dir=run_dir, sink=TrackerSink(tracker) if tracker is not None else None,
-                    train_dataset=dataset, source="train", skip_unavailable=True, extractor_cache=cache)
+                    train_dataset=dataset, source="train", skip_unavailable=True, extractor_cache=cache,
+                    profile=profile)
 
 
 _TRAINING_EXTRACTORS: dict[tuple[str, str], dict] = {}

@@ -18,6 +18,7 @@ from torch import nn
 
 from dfgan.data.order import epoch_order
 from dfgan.nn.text_encoders import DAMSMTextEncoder
+from dfgan.progress import progress_bar
 from dfgan.runtime import pick_device
 from dfgan.spec import resolve_sampler
 from dfgan.text.damsm_losses import cosine_matrix, sentence_loss
@@ -133,8 +134,6 @@ def pretrain_text_encoder(
     dict with the final losses, steps, seconds and top-1 sentence->image retrieval on ``eval_dataset`` (or,
     without one, on training images). With ``return_image_encoder`` the image encoder is returned third.
     """
-    from tqdm.auto import tqdm
-
     device = pick_device(device)
     steps = spec.pretrain_steps if steps is None else int(steps)
     if len(dataset) < 2:
@@ -154,7 +153,8 @@ def pretrain_text_encoder(
         text_enc.train(), img_enc.train()
         window: dict[str, list[float]] = {"loss": [], "s_loss": [], "w_loss": []}
         last = {"loss": float("nan"), "s_loss": float("nan"), "w_loss": 0.0}
-        bar = tqdm(total=steps, desc="DAMSM pretraining", disable=not progress, leave=False, dynamic_ncols=True)
+        # a bar on a terminal, else a status line at the interval dfgan.progress.set_interval set
+        bar = progress_bar(steps, "DAMSM pretraining", unit="step", enabled=progress, leave=False)
         for step in range(1, steps + 1):
             batch = _collate(dataset, sampler.next_keys())
             images, ids = batch["image"].to(device), batch["index"].to(device)

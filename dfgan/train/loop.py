@@ -33,6 +33,8 @@ from dfgan.images import last_stage, save_caption_grid
 from dfgan.metrics.evaluate import evaluate_during_training, record_values
 from dfgan.metrics.nop import nop_report
 from dfgan.noise import step_noise, truncated_noise
+from dfgan.profile import Profile, log_profile
+from dfgan.progress import progress_bar, set_interval
 from dfgan.runs import CHECKPOINT, FINAL_WEIGHTS, RunExistsError
 from dfgan.runtime import pick_device, resolve_precision, runtime_info
 from dfgan.tracking import Tracker
@@ -40,6 +42,7 @@ from dfgan.train import distributed as dist
 from dfgan.train.batches import BatchPlan, step_loader
 from dfgan.train.step import NonFiniteLossError, Stepper, apply_speed_options
 
+MLFLOW_CALLS = ("start", "metrics", "params", "tags", "artifact", "text")  # Tracker calls the profile times as mlflow
 RUNTIME_TAGS = ("threads", "device_name", "cpu_capability", "allocator", "allocator_env", "glibc_thresholds_raised")
 
 
@@ -101,16 +104,18 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
     for tests. ``on_eval(step, values)`` is called after each periodic evaluation (not the final one) with the
     metric values; an exception it raises (e.g. ``optuna.TrialPruned``) ends the run like any error."""
     device = pick_device(spec.train.device)
+    profile = Profile(device)  # where the run's time goes: printed and logged at its end (dfgan.profile)
     dinfo = dist.init(device.type)
     if dinfo.enabled and device.type == "cuda":
         device = torch.device("cuda", dinfo.local_rank)
         torch.cuda.set_device(device)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
+    interval = set_interval(spec.train.status_every_s)  # status lines of this run's pretraining, training, eval
     run, created = None, False
     try:
         check_data(spec, world_size=dinfo.world_size)  # before any work: data vs batch size, vocabulary, metrics
-        run = _Run(spec, run_hash(spec), run_identity(spec), run_folder(spec), device, dinfo)
+        run = _Run(spec, run_hash(spec), run_identity(spec), run_folder(spec), device, dinfo, profile=profile)
         if dinfo.is_main:
             if run.ckpt_path.exists() and not (resume or restart):
                 raise RunExistsError(
@@ -132,6 +137,8 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
         run.last_good = saved["step"] if saved else 0
         tracker = tracker or Tracker.for_spec(spec)
         tracker.enabled = tracker.enabled and dinfo.is_main
+        profile.instrument(tracker, MLFLOW_CALLS, "mlflow")
+        profile.add("setup", profile.elapsed())
         with tracker:
             tracker.start(spec, run.hash, {"stage": "setup"}, run_id=saved.get("mlflow_run_id") if saved else None)
             try:
@@ -145,6 +152,7 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
             shutil.rmtree(run.dir, ignore_errors=True)
         raise
     finally:
+        set_interval(interval)
         dist.shutdown(dinfo)
 
 
@@ -157,6 +165,7 @@ class _Run:
     device: torch.device
     dinfo: dist.DistInfo
     last_good: int = 0
+    profile: Profile = field(default_factory=Profile)
 
     @property
     def ckpt_path(self) -> Path:
@@ -164,22 +173,25 @@ class _Run:
 
 
 def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval) -> TrainResult:
-    spec, device, dinfo, run_dir = run.spec, run.device, run.dinfo, run.dir
+    spec, device, dinfo, run_dir, prof = run.spec, run.device, run.dinfo, run.dir, run.profile
     t_start = time.time()
     # main process builds caches (dataset, text encoder) first; the others then read them
     if not dinfo.is_main:
         dist.barrier(dinfo)
-    dataset = build_dataset(spec, "train")
+    with prof.section("data"):  # generated into the cache the first time (built-in data)
+        dataset = build_dataset(spec, "train")
     expected = run.identity["data"].get("content_hash")
     if expected and dataset.content_hash != expected:  # the data changed after this process hashed it
         forget_data(spec.data)
         raise DataError(f"the {spec.data.name} data at {spec.data.root} changed since this process hashed it (content "
                         f"hash {expected}, now {dataset.content_hash}): start it again", spec.data.root)
     log_pre = (lambda s, m: tracker.metrics({f"text_{k}": v for k, v in m.items()}, s)) if tracker.enabled else None
-    encoder, enc_info, conditioner = build_conditioning(spec, dataset, device, progress=progress and dinfo.is_main,
-                                                        log_fn=log_pre)
+    with prof.section("text_encoder"):  # DAMSM pretraining the first time, else the cache
+        encoder, enc_info, conditioner = build_conditioning(spec, dataset, device,
+                                                            progress=progress and dinfo.is_main, log_fn=log_pre)
     if dinfo.is_main:
         dist.barrier(dinfo)
+    prof.begin("build")  # the networks, optimisers, sample grid, batch plan, run tags
 
     torch.manual_seed(spec.train.seed)
     cond_dim = cond_dim_of(encoder, spec)
@@ -202,7 +214,7 @@ def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval)
     speed["precision"] = precision
     stepper = Stepper(gan, reg, opt_g, opt_d, precision=precision, device=device,
                       channels_last=t.channels_last,
-                      grad_sync=dist.average_gradients if dinfo.enabled else None)
+                      grad_sync=dist.average_gradients if dinfo.enabled else None, profile=prof)
     if t.compile:  # in place (keeps the state-dict keys); the generator only: MA-GP's double backward
         gan.generator.compile()  # through D is not supported by torch.compile
 
@@ -255,58 +267,69 @@ def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval)
     def evaluate(step: int) -> dict[str, float]:
         if not dinfo.is_main:
             return {}
-        records = evaluate_during_training(spec, run.hash, gan, conditioner, dataset, device, tracker, step, run_dir)
+        records = evaluate_during_training(spec, run.hash, gan, conditioner, dataset, device, tracker, step, run_dir,
+                                           profile=prof, progress=progress)
         return record_values(records)
 
-    bar = None
-    if progress and dinfo.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=t.steps, initial=start, desc=f"train {spec.name}", unit="step", dynamic_ncols=True)
+    # a bar on a terminal, else a status line every train.status_every_s (dfgan.progress)
+    bar = progress_bar(t.steps, f"train {spec.name}", unit="step", initial=start, enabled=progress and dinfo.is_main)
     window_t, window_n = time.time(), 0
     loader = step_loader(dataset, plan, start, end, t.num_workers)
+    prof.end("build")
+    prof.begin("train")
     try:
-        for batch in loader:
+        for batch in prof.iterate("data", loader):
             step = int(batch["step"])
-            images = batch["image"].to(device, non_blocking=True)
-            sent, words, mask = conditioner(batch)
-            noise = step_noise(t.seed, step, images.size(0), spec.model.z_dim, dinfo.rank).to(device)
-            losses = stepper(step, images, sent, words, mask, noise)
+            with prof.repeat("step", step):
+                with prof.detail("inputs"):  # the batch's sentence vectors (cached), noise
+                    images = batch["image"].to(device, non_blocking=True)
+                    sent, words, mask = conditioner(batch)
+                    noise = step_noise(t.seed, step, images.size(0), spec.model.z_dim, dinfo.rank).to(device)
+                losses = stepper(step, images, sent, words, mask, noise)
             done = step + 1
             window_n += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(d=f"{losses['loss_d']:.3f}", g=f"{losses['loss_g']:.3f}")
+                bar.set_postfix(loss_d=f"{losses['loss_d']:.3f}", loss_g=f"{losses['loss_g']:.3f}", refresh=False)
             if done % t.log_every == 0 or done == end:
                 dt = time.time() - window_t
                 rate = window_n / dt if dt > 0 else float("nan")
-                tracker.metrics({**losses, "steps_per_sec": rate,
-                                 "images_per_sec": rate * t.batch_size * dinfo.world_size}, done)
+                with prof.section("log"):
+                    tracker.metrics({**losses, "steps_per_sec": rate,
+                                     "images_per_sec": rate * t.batch_size * dinfo.world_size}, done)
                 window_t, window_n = time.time(), 0
             if dinfo.is_main and (done % t.sample_every == 0 or done == end):
-                path = grid.render(gan.generator, run_dir / "samples" / f"step_{done:07d}.png")
-                tracker.artifact(path, "samples")
+                with prof.section("samples"):
+                    path = grid.render(gan.generator, run_dir / "samples" / f"step_{done:07d}.png")
+                    tracker.artifact(path, "samples")
             if done % t.checkpoint_every == 0 or done == end:
-                save(done)
+                with prof.section("checkpoint"):
+                    save(done)
                 run.last_good = done
             if spec.eval.interval and spec.eval.metrics and done % spec.eval.interval == 0 and done != end:
-                values = evaluate(done)
+                with prof.section("eval"):
+                    values = evaluate(done)
                 if on_eval is not None and values:
                     on_eval(done, values)
     finally:
         if bar is not None:
             bar.close()
+    prof.end("train")
     evaluation: dict[str, float] = {}
     if dinfo.is_main and end == t.steps and t.steps > start:
         logged_to = tracker.uri if tracker.enabled else None
-        runs.atomic_torch_save({"spec": spec.to_dict(), "models": gan.state_dict(), "step": end,
-                                "mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": logged_to},
-                               run_dir / FINAL_WEIGHTS)
-        tracker.artifact(run_dir / FINAL_WEIGHTS, "checkpoint")
+        with prof.section("final_weights"):
+            runs.atomic_torch_save({"spec": spec.to_dict(), "models": gan.state_dict(), "step": end,
+                                    "mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": logged_to},
+                                   run_dir / FINAL_WEIGHTS)
+            tracker.artifact(run_dir / FINAL_WEIGHTS, "checkpoint")
         if spec.eval.metrics:
-            evaluation = evaluate(end)
+            with prof.section("evaluation"):
+                evaluation = evaluate(end)
     seconds = time.time() - t_start
     tracker.metrics({"train_seconds": seconds}, end)
+    report = log_profile(prof, tracker, run_dir, end) if dinfo.is_main else None
     return TrainResult(run_dir, tracker.run_id, end, losses, seconds,
-                       {"text_encoder": enc_info, "nop": nop, "speed": speed, "runtime": runtime_info(device)},
+                       {"text_encoder": enc_info, "nop": nop, "speed": speed, "runtime": runtime_info(device),
+                        "profile": report},
                        evaluation)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from dfgan import runtime
 from dfgan.nn.fused import enable_fused_affine
+from dfgan.profile import NO_PROFILE
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,8 +65,9 @@ class Stepper:
     """Holds what a step needs (networks, optimisers, regulariser, precision) and runs steps."""
 
     def __init__(self, gan, regulariser, opt_g, opt_d, *, precision: str = "fp32", device="cpu",
-                 channels_last: bool = False, grad_sync=None):
+                 channels_last: bool = False, grad_sync=None, profile=None):
         self.gan, self.reg, self.opt_g, self.opt_d = gan, regulariser, opt_g, opt_d
+        self.profile = profile or NO_PROFILE  # times the parts of sampled steps (dfgan.profile: detail sections)
         self.device = torch.device(device)
         self.precision = precision
         self.channels_last = channels_last
@@ -100,9 +102,9 @@ class Stepper:
         return take() if take is not None else None
 
     def __call__(self, step: int, images, sentence, words, mask, noise) -> dict[str, float]:
-        gan, reg = self.gan, self.reg
+        gan, reg, prof = self.gan, self.reg, self.profile
         sentence = sentence.detach()
-        with self.autocast():
+        with prof.detail("g_forward"), self.autocast():
             fakes = as_list(gan.generator(noise, sentence, words, mask))
         reals = real_pyramid(images, gan.stage_sizes)
 
@@ -117,15 +119,16 @@ class Stepper:
             if reg.reuses_real_output:
                 real = real.requires_grad_(True)
                 sent = sentence.clone().requires_grad_(True)
-            with self.autocast():
+            with prof.detail("d_forward"), self.autocast():
                 f_real = D(real)
                 f_fake = D(self._fmt(fakes[s].detach()))
                 out_real = head.cond_score(f_real, sent).float()
                 d = head.d_loss(f_real, f_fake, sent, out_real)
             # outside autocast: gradients and norm in fp32; an own pass of the penalty runs under self.autocast,
             # as the reused one did (dfgan.nn.penalties: one precision for every regulariser)
-            gp = reg(D=D, head=head, real=real, fake=fakes[s], sentence=sent, out_real=out_real,
-                     autocast=self.autocast)
+            with prof.detail("penalty"):
+                gp = reg(D=D, head=head, real=real, fake=fakes[s], sentence=sent, out_real=out_real,
+                         autocast=self.autocast)
             loss_d = loss_d + d["total"] + (gp if gp is not None else 0.0)
             suffix = "" if len(gan.heads) == 1 else f"_s{s}"
             for k, v in d.items():
@@ -136,16 +139,18 @@ class Stepper:
         self._check(step, {"loss_d": loss_d})
         self.opt_d.zero_grad(set_to_none=True)
         d_params = [p for p in gan.d_parameters() if p.requires_grad]
-        loss_d.backward(inputs=d_params)  # only D's weights: no gradient for the real images or sentences
-        if self.grad_sync:
-            self.grad_sync(list(gan.d_parameters()))
-        self.opt_d.step()
+        with prof.detail("d_backward"):
+            loss_d.backward(inputs=d_params)  # only D's weights: no gradient for the real images or sentences
+            if self.grad_sync:
+                self.grad_sync(list(gan.d_parameters()))
+        with prof.detail("d_optimiser"):
+            self.opt_d.step()
 
         # ---- generator step, with the updated discriminator -----------------------------------------------
         for p in gan.d_parameters():  # D weight gradients are not needed here: skip that work
             p.requires_grad_(False)
         loss_g = images.new_zeros(())
-        with self.autocast():
+        with prof.detail("g_d_forward"), self.autocast():  # D on the fakes, for the generator loss
             for s, (D, head) in enumerate(zip(gan.discriminators, gan.heads)):
                 loss_g = loss_g + head.g_loss(D(self._fmt(fakes[s])), sentence).float()
         kl = self._kl_loss()
@@ -154,10 +159,12 @@ class Stepper:
             terms["g_kl"] = kl
         self._check(step, {"loss_g": loss_g})
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        if self.grad_sync:
-            self.grad_sync(list(gan.generator.parameters()))
-        self.opt_g.step()
+        with prof.detail("g_backward"):
+            loss_g.backward()
+            if self.grad_sync:
+                self.grad_sync(list(gan.generator.parameters()))
+        with prof.detail("g_optimiser"):
+            self.opt_g.step()
         for p in gan.d_parameters():
             p.requires_grad_(True)
 
