@@ -156,6 +156,7 @@ def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval)
     log_pre = (lambda s, m: tracker.metrics({f"text_{k}": v for k, v in m.items()}, s)) if tracker.enabled else None
     encoder, enc_info, conditioner = build_conditioning(spec, dataset, device, progress=progress and dinfo.is_main,
                                                         log_fn=log_pre)
+    conditioner.bind(dataset)  # cached sentence vectors encoded canonically: a resume sees the same bits
     if dinfo.is_main:
         dist.barrier(dinfo)
 
