@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,14 @@ def setup(uri: str, experiment: str, out_dir: str | Path):
 
 class Tracker:
     """One MLflow run (resumable: ``start(run_id=...)`` reopens the run kept in a checkpoint), and a context
-    manager that ends it in one place: FINISHED when the block completes, KILLED on an interrupt, FAILED (with
-    the error text and traceback as ``error.txt``) on any other exception. Disabled, every call is a no-op."""
+    manager that ends it in one place: FINISHED when the block completes, KILLED on an interrupt (SIGINT, or
+    SIGTERM through ``dfgan.runtime.sigterm_as_interrupt``) or when the run stopped before its end
+    (``incomplete``), FAILED (with the error text and traceback as ``error.txt``) on any other exception.
+    Disabled, every call is a no-op.
+
+    A reopened run logs each metric at each step once: a point whose (key, step) the run already holds is
+    skipped. A resumed run recomputes the steps between its checkpoint and the kill, bit for bit; MLflow cannot
+    delete points, so the second copy is never sent."""
 
     def __init__(self, *, experiment: str = "dfgan", uri: str | None = None, out_dir: str | Path = "runs",
                  enabled: bool = True, parent_run_id: str | None = None, extra_tags: dict[str, Any] | None = None):
@@ -71,7 +78,10 @@ class Tracker:
         self.parent_run_id = parent_run_id
         self.extra_tags = extra_tags or {}
         self.run_id: str | None = None
+        self.incomplete: str | None = None  # why the run stopped before its end (ended KILLED), if it did
         self._active = False
+        self._reopened = False
+        self._logged: dict[str, set[int]] = {}  # reopened run: key -> steps it holds (read once per key)
 
     @classmethod
     def for_spec(cls, spec, *, enabled: bool | None = None, uri: str | None = None, experiment: str | None = None,
@@ -88,9 +98,17 @@ class Tracker:
         if not self.enabled:
             return None
         mlflow = setup(self.uri, self.experiment, self.out_dir)
+        run = None
         if run_id:
-            run = mlflow.start_run(run_id=run_id)
-        else:
+            try:
+                run = mlflow.start_run(run_id=run_id)
+            except mlflow.exceptions.MlflowException as e:
+                if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(e, "error_code", "")) + str(e):
+                    raise
+                print(f"dfgan: warning: MLflow run {run_id} is not at {self.uri} any more; logging to a new run",
+                      file=sys.stderr)
+        self._reopened, self._logged = run is not None, {}
+        if run is None:
             run = mlflow.start_run(run_name=spec.name, parent_run_id=self.parent_run_id,
                                    nested=self.parent_run_id is not None)
             items = [(k, str(v)) for k, v in spec.flat().items()]
@@ -129,11 +147,32 @@ class Tracker:
     def kill(self) -> None:
         self._end("KILLED")
 
+    def end_stale(self, run_id: str, reason: str) -> bool:
+        """Mark run ``run_id`` KILLED with tag ``stopped=reason`` if it is still RUNNING (a process that died
+        left it so); True if it was."""
+        if not self.enabled or not run_id:
+            return False
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        try:
+            if client.get_run(run_id).info.status != "RUNNING":
+                return False
+        except Exception:  # not in this store (another URI, or deleted)
+            return False
+        client.set_tag(run_id, "stopped", reason)
+        client.set_terminated(run_id, "KILLED")
+        return True
+
     def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None:
+        if exc is None and self.incomplete:
+            if self.enabled and self._active:
+                self.tags({"stopped": self.incomplete})
+            self.kill()
+        elif exc is None:
             self.finish()
         elif isinstance(exc, KeyboardInterrupt):
             self.kill()
@@ -142,11 +181,25 @@ class Tracker:
         return False
 
     # -- logging -----------------------------------------------------------------------------------------------
+    def _steps_of(self, key: str) -> set[int]:
+        if key not in self._logged:
+            from mlflow.tracking import MlflowClient
+
+            history = MlflowClient(self.uri).get_metric_history(self.run_id, key)
+            self._logged[key] = {int(m.step) for m in history}
+        return self._logged[key]
+
     def metrics(self, values: dict[str, float], step: int) -> None:
         if self.enabled:
             import mlflow
 
-            mlflow.log_metrics({k: float(v) for k, v in values.items()}, step=step)
+            values = {k: float(v) for k, v in values.items()}
+            if self._reopened:  # each (key, step) once: skip what the run already holds
+                values = {k: v for k, v in values.items() if int(step) not in self._steps_of(k)}
+                for k in values:
+                    self._logged[k].add(int(step))
+            if values:
+                mlflow.log_metrics(values, step=step)
 
     def params(self, values: dict[str, Any]) -> None:
         if self.enabled:
