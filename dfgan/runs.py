@@ -140,9 +140,20 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None:
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}", str(path)) from None
+        os_error = _os_error_in(e)  # torch.save turns a failed write into a RuntimeError
+        if os_error is not None:
+            raise OSError(os_error.errno, f"cannot write {path}: {os_error.strerror or os_error}", str(path)) from None
         raise
+
+
+def _os_error_in(e: BaseException | None) -> OSError | None:
+    """The OSError with an errno at ``e`` or among its causes and contexts, if any."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -173,13 +184,18 @@ def torch_load(path: str | Path, map_location="cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, or a pickle of objects other than tensors
-        text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
-            why = ("it holds objects other than tensors and plain containers (a pickle of code, or of classes "
-                   "dfgan never writes); it was refused without running it")
-        else:
-            why = f"truncated or not a torch file ({type(e).__name__}: {text.splitlines()[0][:200] if text else ''})"
-        raise CheckpointFileError(f"cannot read {path} ({size} bytes): {why}") from None
+        raise CheckpointFileError(f"cannot read {path} ({size} bytes): {load_failure(e)}") from None
+
+
+def load_failure(error: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in words (torch's own message suggests
+    ``weights_only=False``, which would run whatever code the file holds)."""
+    text = str(error)
+    if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
+        return ("it holds objects other than tensors and plain containers (a pickle of code, or of classes dfgan "
+                "never writes); it was refused without running it")
+    first = text.splitlines()[0].split(". ")[0][:200] if text else ""
+    return f"truncated or not a torch file ({type(error).__name__}: {first})"
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -17,6 +17,10 @@ from typing import Any
 MAX_PARAMS_PER_CALL = 100  # MLflow's batch limit
 
 
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be opened or written when a run starts; the message names the URI."""
+
+
 def default_uri(out_dir: str | Path) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
@@ -97,7 +101,12 @@ class Tracker:
         param and ``spec.yaml``), tagged with the variant, the run hash, the git commit and ``tags``."""
         if not self.enabled:
             return None
-        mlflow = setup(self.uri, self.experiment, self.out_dir)
+        try:
+            mlflow = setup(self.uri, self.experiment, self.out_dir)
+        except Exception as e:  # unreachable server, a full disk under a SQLite file, a bad URI, ...
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise TrackingError(f"cannot open the MLflow tracking store {self.uri} (experiment "
+                                f"'{self.experiment}'): {first}; fix it or pass --no-track") from None
         run = None
         if run_id:
             try:

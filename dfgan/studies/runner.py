@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from dfgan.experiment import check_spec, run_hash
 from dfgan.metrics.names import choose_metric
+from dfgan.runs import check_name
 from dfgan.spec import Spec, SpecError
 from dfgan.studies.definition import (
     Cell,
@@ -109,7 +110,7 @@ class StudyOutcome:
 def plan_study(definition: StudyDefinition, *, name: str | None = None, seeds: int | list[int] | None = None,
                overrides: list[str] | tuple[str, ...] = ()) -> StudyPlan:
     """Resolve and validate every cell's spec before anything runs (errors name the cell and the field)."""
-    name = name or definition.name
+    name = check_name(name or definition.name, "study name")  # names a folder under train.out_dir
     common = [*definition.overrides, *overrides]
     cells = definition.cells()
     base = base_spec(cells[0].variant, common)
@@ -172,6 +173,19 @@ def load_or_create_study(name: str, storage, *, kind: str, sampler, direction: s
         raise SpecError(f"Optuna study '{name}' in this storage is a '{existing}' study, not a '{kind}' one; "
                         "pick another --study name or --storage")
     return study
+
+
+class IncompleteCellError(RuntimeError):
+    """A cell's training returned without the metric the study records for it."""
+
+
+def required_metric(spec: Spec, preferred: str | None) -> str | None:
+    """The metric a finished cell must have logged: the study's, when the cell evaluates it, else the cell's
+    first evaluation metric; None when the cell evaluates nothing (its objective is then a fallback)."""
+    metrics = list(spec.eval.metrics)
+    if preferred and preferred in metrics:
+        return preferred
+    return metrics[0] if metrics else None
 
 
 def _objective_value(metrics: dict[str, float], preferred: str | None) -> tuple[float, str]:
@@ -336,7 +350,11 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
                                                extra_tags=tags)
                     res = loop.train(e.spec, resume=True, progress=progress, tracker=tracker)
                 metrics = cell_metrics(res, uri)
-                value, value_name = _objective_value(metrics, plan.definition.metric)
+                need = required_metric(e.spec, plan.definition.metric)
+                if need and need not in metrics:  # not complete: never a done cell with a fallback objective
+                    raise IncompleteCellError(f"the run ended without its objective metric '{need}' (logged: "
+                                              f"{', '.join(sorted(metrics)) or 'nothing'}); re-queued")
+                value, value_name = _objective_value(metrics, need or plan.definition.metric)
                 for k, v in {"mlflow_run_id": res.run_id, "seconds": round(time.time() - t_cell, 2),
                              "value_metric": value_name, "outcome": "trained"}.items():
                     trial.set_user_attr(k, v)
@@ -374,4 +392,27 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
     say("summary", f"trained {len(out.trained)}, failed {len(out.failed)}, reused {len(out.reused)}, "
                    f"remaining {len(out.remaining)} of {len(plan.entries)} cells; {out.seconds:.0f}s; "
                    f"storage {storage_label}; MLflow {uri}")
+    if out.remaining:
+        say("NOT DONE", f"this invocation ends with {len(out.remaining)} of {len(plan.entries)} cells not done: "
+                        + "; ".join(_why_remaining(plan, states)))
+    return out
+
+
+def _why_remaining(plan: StudyPlan, states) -> list[str]:
+    """One phrase per cell not done: who has it or what happens to it next."""
+    out = []
+    for e in plan.entries:
+        st = states.get(e.hash)
+        if st is not None and st.status == "done":
+            continue
+        if st is not None and st.running and not all(is_stale(t) for t in st.running):
+            w = st.running[0].user_attrs.get("worker", {})
+            why = f"running in another worker ({w.get('host')}:{w.get('pid')}); run `dfgan ablate` again after it"
+        elif st is not None and st.running:
+            why = "its worker is gone; retried by the next invocation"
+        elif st is not None and st.status == "failed":
+            why = "failed; retried by the next invocation"
+        else:
+            why = "not started; run `dfgan ablate` again"
+        out.append(f"{e.key} ({why})")
     return out
