@@ -7,14 +7,55 @@ avoided on purpose). Only the main process of a distributed run logs.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import subprocess
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 MAX_PARAMS_PER_CALL = 100  # MLflow's batch limit
+SETUP_ATTEMPTS = 6  # a database server's schema set up by several workers at once: retries with backoff
+_RACE_WORDS = ("already exists", "duplicate", "unique constraint", "integrityerror", "alembic_version",
+               "migration", "deadlock", "could not serialize", "database is locked")
+T = TypeVar("T")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (SQLAlchemy's and MLflow's form); None for any other URL."""
+    if url.startswith("sqlite:///"):
+        rest = url[len("sqlite:///"):].split("?", 1)[0]
+        return Path(rest) if rest and rest != ":memory:" else None
+    return None
+
+
+def set_up_once(url: str, create: Callable[[], T]) -> T:
+    """``create()`` (which opens a database and creates or migrates its schema) safely when several workers
+    start together: under an exclusive lock on ``<db>.lock`` beside a SQLite file (the first worker creates
+    the tables, the others wait and find them), else retried with backoff when it loses a race on a database
+    server (duplicate table or column, alembic version row, serialization failure)."""
+    db = sqlite_file(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                return create()
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    for attempt in range(SETUP_ATTEMPTS):
+        try:
+            return create()
+        except Exception as e:
+            text = f"{type(e).__name__}: {e}".lower()
+            if attempt == SETUP_ATTEMPTS - 1 or not any(w in text for w in _RACE_WORDS):
+                raise
+            time.sleep(0.5 * 2 ** attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
 
 
 class TrackingError(RuntimeError):
@@ -46,11 +87,12 @@ def git_commit() -> str:
 
 
 def setup(uri: str, experiment: str, out_dir: str | Path):
-    """Point MLflow at ``uri`` and make sure ``experiment`` exists (artifacts beside a local SQLite DB)."""
+    """Point MLflow at ``uri`` and make sure ``experiment`` exists (artifacts beside a local SQLite DB); the
+    store's schema is created or migrated once when several workers start together (``set_up_once``)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    exp = mlflow.get_experiment_by_name(experiment)
+    exp = set_up_once(uri, lambda: mlflow.get_experiment_by_name(experiment))
     if exp is None:
         location = None
         if uri.startswith("sqlite:///"):
