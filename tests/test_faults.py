@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import os
 import resource
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import mlflow
 import pytest
@@ -17,6 +22,10 @@ from dfgan import runs
 from dfgan.cli import main
 from dfgan.experiment import resolve_spec, run_folder
 from dfgan.spec import SpecError, load_spec
+from dfgan.studies import runner
+from dfgan.studies.definition import adhoc_definition
+from dfgan.studies.runner import load_or_create_study
+from dfgan.studies.storage import open_storage
 from dfgan.tracking import Tracker, setup
 from dfgan.train import loop
 from dfgan.train.loop import train
@@ -267,9 +276,6 @@ def test_final_record_is_json(trained):
 
 # ---- workers starting together -----------------------------------------------------------------------------------
 def _open_both(folder: str, barrier, results) -> None:
-    from dfgan.studies.runner import load_or_create_study
-    from dfgan.studies.storage import open_storage
-
     barrier.wait()
     try:
         load_or_create_study("s", open_storage(f"sqlite:///{folder}/optuna.db"), kind="grid", sampler=None,
@@ -283,8 +289,6 @@ def _open_both(folder: str, barrier, results) -> None:
 def test_workers_create_a_new_database_together(tmp_path):
     """Four workers open a new Optuna and a new MLflow SQLite database at the same moment: MLflow's migrations
     and Optuna's alembic table are created once (without the lock, 3 of 3 tries here had one crash)."""
-    import multiprocessing
-
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(4), ctx.Queue()
     procs = [ctx.Process(target=_open_both, args=(str(tmp_path), barrier, results)) for _ in range(4)]
@@ -294,3 +298,36 @@ def test_workers_create_a_new_database_together(tmp_path):
         p.join(timeout=120)
     got = [results.get(timeout=5) for _ in procs]
     assert got == ["ok"] * 4, got
+
+
+# ---- studies: done only with the objective; SIGTERM ----------------------------------------------------------------
+def test_cell_without_its_objective_metric_is_not_done(tmp_path, monkeypatch):
+    plan = runner.plan_study(adhoc_definition("obj", ["full"], 1), overrides=tiny_overrides(tmp_path))
+
+    def no_evaluation(spec, **kw):  # what a resumed run that skipped its final evaluation returned before
+        return loop.TrainResult(run_folder(spec), None, spec.train.steps, {"loss_g": 1.0, "loss_d": 1.0})
+
+    monkeypatch.setattr(runner.loop, "train", no_evaluation)
+    lines: list[str] = []
+    out = runner.run_study(plan, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri=_uri(tmp_path),
+                    echo=lines.append)
+    assert out.trained == [] and len(out.failed) == 1 and out.remaining == out.failed
+    text = "\n".join(lines)
+    assert "without its objective metric 'attr_acc'" in text and "NOT DONE" in text
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_killed(tmp_path):
+    env = {**os.environ, "DFGAN_CACHE": os.environ["DFGAN_CACHE"], "OMP_NUM_THREADS": "1"}
+    spec_args = tiny_overrides(tmp_path, **{"train.steps": 100000, "train.checkpoint_every": 5})
+    proc = subprocess.Popen([sys.executable, "-m", "dfgan", "train", "--quiet", "--tracking-uri", _uri(tmp_path),
+                             *spec_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder = run_folder(_spec(tmp_path, **{"train.steps": 100000, "train.checkpoint_every": 5}))
+    deadline = time.time() + 120
+    while not (folder / runs.CHECKPOINT).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out, out
+    run_id = runs.read_json(folder / runs.RUN_RECORD)["run_id"]
+    assert mlflow.tracking.MlflowClient(_uri(tmp_path)).get_run(run_id).info.status == "KILLED"
