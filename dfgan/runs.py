@@ -2,7 +2,8 @@
 
 A run lives in ``<train.out_dir>/<spec.name>-<run hash>/``: ``checkpoint.pt`` (resumable state),
 ``final_weights.pt`` (the trained networks), ``final.json`` (written last: the run is complete, with its final
-evaluation), ``mlflow_run.json`` (the MLflow run it logs to, written when that run opens), ``spec.yaml``,
+evaluation), ``mlflow_run.json`` (the MLflow run it logs to, written when that run opens),
+``mlflow_spool.jsonl`` (only while the tracking store is away: what is to be sent to it), ``spec.yaml``,
 ``nop.json``, ``metrics.jsonl`` and ``samples/``. Every file is written atomically (temporary file in the same
 folder, fsync, rename; temporaries a killed process left behind are removed by the next run of that folder) and
 checkpoints are read with ``weights_only=True``, so a hostile pickle is never executed. One process at a time
@@ -29,6 +30,7 @@ CHECKPOINT = "checkpoint.pt"
 FINAL_WEIGHTS = "final_weights.pt"
 FINAL_RECORD = "final.json"
 RUN_RECORD = "mlflow_run.json"
+SPOOL = "mlflow_spool.jsonl"  # the run's MLflow log while the tracking store was away (dfgan.tracking_buffer)
 TEMP_GLOB = ".*.tmp"  # atomic_write's temporaries
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")  # a run or variant name: no path separators
 KILL_ENV = "DFGAN_TEST_KILL_AT"  # test hook, see kill_point

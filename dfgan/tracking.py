@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dfgan.tracking_buffer import RunWriter, TrackingError, shorten_http_retries
+
 MAX_PARAMS_PER_CALL = 100  # MLflow's batch limit
 SETUP_ATTEMPTS = 6  # a database server's schema set up by several workers at once: retries with backoff
 _RACE_WORDS = ("already exists", "duplicate", "unique constraint", "integrityerror", "alembic_version",
@@ -56,10 +58,6 @@ def set_up_once(url: str, create: Callable[[], T]) -> T:
                 raise
             time.sleep(0.5 * 2 ** attempt * (1 + random.random()))
     raise AssertionError("unreachable")
-
-
-class TrackingError(RuntimeError):
-    """The MLflow tracking store cannot be opened or written when a run starts; the message names the URI."""
 
 
 def default_uri(out_dir: str | Path) -> str:
@@ -113,9 +111,12 @@ class Tracker:
     (``incomplete``), FAILED (with the error text and traceback as ``error.txt``) on any other exception.
     Disabled, every call is a no-op.
 
-    A reopened run logs each metric at each step once: a point whose (key, step) the run already holds is
-    skipped. A resumed run recomputes the steps between its checkpoint and the kill, bit for bit; MLflow cannot
-    delete points, so the second copy is never sent."""
+    Opening the run needs the store; after that every call goes through a ``RunWriter``
+    (``dfgan.tracking_buffer``): an outage of the store is buffered, then spooled to ``spool_path`` (default
+    ``<out_dir>/mlflow-spool-<run id>.jsonl``), and training goes on. A reopened run logs each metric at each
+    step once: a point whose (key, step) the run already holds is skipped. A resumed run recomputes the steps
+    between its checkpoint and the kill, bit for bit; MLflow cannot delete points, so the second copy is never
+    sent."""
 
     def __init__(self, *, experiment: str = "dfgan", uri: str | None = None, out_dir: str | Path = "runs",
                  enabled: bool = True, parent_run_id: str | None = None, extra_tags: dict[str, Any] | None = None):
@@ -125,9 +126,8 @@ class Tracker:
         self.extra_tags = extra_tags or {}
         self.run_id: str | None = None
         self.incomplete: str | None = None  # why the run stopped before its end (ended KILLED), if it did
-        self._active = False
-        self._reopened = False
-        self._logged: dict[str, set[int]] = {}  # reopened run: key -> steps it holds (read once per key)
+        self.spool_path: Path | None = None
+        self._writer: RunWriter | None = None
 
     @classmethod
     def for_spec(cls, spec, *, enabled: bool | None = None, uri: str | None = None, experiment: str | None = None,
@@ -140,58 +140,70 @@ class Tracker:
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self, spec, run_hash: str, tags: dict[str, Any], run_id: str | None = None) -> str | None:
         """Open the run (``run_id``: reopen it, else a new run named after the spec with every spec field as a
-        param and ``spec.yaml``), tagged with the variant, the run hash, the git commit and ``tags``."""
+        param and ``spec.yaml``), tagged with the variant, the run hash, the git commit and ``tags``. A store
+        that cannot be opened raises ``TrackingError`` naming it."""
         if not self.enabled:
             return None
         try:
-            mlflow = setup(self.uri, self.experiment, self.out_dir)
+            run_id, reopened = self._open(spec, run_id)
+        except TrackingError:
+            raise
         except Exception as e:  # unreachable server, a full disk under a SQLite file, a bad URI, ...
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise TrackingError(f"cannot open the MLflow tracking store {self.uri} (experiment "
                                 f"'{self.experiment}'): {first}; fix it or pass --no-track") from None
-        run = None
+        self.run_id = run_id
+        shorten_http_retries()
+        spool = self.spool_path or Path(self.out_dir) / f"mlflow-spool-{run_id}.jsonl"
+        self._writer = RunWriter(self.uri, run_id, spool, dedupe=reopened)
+        if not reopened:
+            items = [(k, str(v)) for k, v in spec.flat().items()]
+            for i in range(0, len(items), MAX_PARAMS_PER_CALL):
+                self._writer.params(dict(items[i:i + MAX_PARAMS_PER_CALL]))
+            self._writer.text(spec.to_yaml(), "spec.yaml")
+        self.tags({"variant": spec.name, "spec_hash": run_hash, "git_commit": git_commit(), **tags,
+                   **self.extra_tags})
+        return self.run_id
+
+    def _open(self, spec, run_id: str | None) -> tuple[str, bool]:
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+        from mlflow.tracking.context.registry import resolve_tags
+
+        setup(self.uri, self.experiment, self.out_dir)
+        client = MlflowClient(self.uri)
         if run_id:
             try:
-                run = mlflow.start_run(run_id=run_id)
-            except mlflow.exceptions.MlflowException as e:
-                if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(e, "error_code", "")) + str(e):
+                client.get_run(run_id)
+                client.update_run(run_id, status="RUNNING")
+                return run_id, True
+            except MlflowException as e:
+                if getattr(e, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
                     raise
                 print(f"dfgan: warning: MLflow run {run_id} is not at {self.uri} any more; logging to a new run",
                       file=sys.stderr)
-        self._reopened, self._logged = run is not None, {}
-        if run is None:
-            run = mlflow.start_run(run_name=spec.name, parent_run_id=self.parent_run_id,
-                                   nested=self.parent_run_id is not None)
-            items = [(k, str(v)) for k, v in spec.flat().items()]
-            for i in range(0, len(items), MAX_PARAMS_PER_CALL):
-                mlflow.log_params(dict(items[i:i + MAX_PARAMS_PER_CALL]))
-            mlflow.log_text(spec.to_yaml(), "spec.yaml")
-        self.run_id, self._active = run.info.run_id, True
-        all_tags = {"variant": spec.name, "spec_hash": run_hash, "git_commit": git_commit(), **tags,
-                    **self.extra_tags}
-        mlflow.set_tags({k: str(v) for k, v in all_tags.items()})
-        return self.run_id
+        exp = client.get_experiment_by_name(self.experiment)
+        extra = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
+        run = client.create_run(exp.experiment_id, run_name=spec.name, tags=resolve_tags(extra))
+        return run.info.run_id, False
 
     def _end(self, status: str) -> None:
-        if self.enabled and self._active:
-            import mlflow
-
-            mlflow.end_run(status=status)
-            self._active = False
+        if self.enabled and self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.end(status)
+            writer.close()
 
     def finish(self) -> None:
         self._end("FINISHED")
 
     def fail(self, error: BaseException) -> None:
         """Mark the run FAILED, keeping the error text and traceback."""
-        if not (self.enabled and self._active):
+        if not (self.enabled and self._writer is not None):
             return
-        import mlflow
-
         text = "".join(traceback.format_exception(error))
         try:
-            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
-            mlflow.log_text(text, "error.txt")
+            self._writer.tags({"error": f"{type(error).__name__}: {error}"[:5000]})
+            self._writer.text(text, "error.txt")
         finally:
             self._end("FAILED")
 
@@ -209,10 +221,10 @@ class Tracker:
         try:
             if client.get_run(run_id).info.status != "RUNNING":
                 return False
-        except Exception:  # not in this store (another URI, or deleted)
+            client.set_tag(run_id, "stopped", reason)
+            client.set_terminated(run_id, "KILLED")
+        except Exception:  # not in this store (another URI, or deleted), or the store is away: left as it is
             return False
-        client.set_tag(run_id, "stopped", reason)
-        client.set_terminated(run_id, "KILLED")
         return True
 
     def __enter__(self) -> Tracker:
@@ -220,8 +232,7 @@ class Tracker:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None and self.incomplete:
-            if self.enabled and self._active:
-                self.tags({"stopped": self.incomplete})
+            self.tags({"stopped": self.incomplete})
             self.kill()
         elif exc is None:
             self.finish()
@@ -232,46 +243,22 @@ class Tracker:
         return False
 
     # -- logging -----------------------------------------------------------------------------------------------
-    def _steps_of(self, key: str) -> set[int]:
-        if key not in self._logged:
-            from mlflow.tracking import MlflowClient
-
-            history = MlflowClient(self.uri).get_metric_history(self.run_id, key)
-            self._logged[key] = {int(m.step) for m in history}
-        return self._logged[key]
-
     def metrics(self, values: dict[str, float], step: int) -> None:
-        if self.enabled:
-            import mlflow
-
-            values = {k: float(v) for k, v in values.items()}
-            if self._reopened:  # each (key, step) once: skip what the run already holds
-                values = {k: v for k, v in values.items() if int(step) not in self._steps_of(k)}
-                for k in values:
-                    self._logged[k].add(int(step))
-            if values:
-                mlflow.log_metrics(values, step=step)
+        if self.enabled and self._writer is not None:
+            self._writer.metrics(values, step)
 
     def params(self, values: dict[str, Any]) -> None:
-        if self.enabled:
-            import mlflow
-
-            mlflow.log_params({k: str(v) for k, v in values.items()})
+        if self.enabled and self._writer is not None:
+            self._writer.params(values)
 
     def tags(self, values: dict[str, Any]) -> None:
-        if self.enabled:
-            import mlflow
-
-            mlflow.set_tags({k: str(v) for k, v in values.items()})
+        if self.enabled and self._writer is not None:
+            self._writer.tags(values)
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            import mlflow
-
-            mlflow.log_artifact(str(path), artifact_path)
+        if self.enabled and self._writer is not None:
+            self._writer.artifact(path, artifact_path)
 
     def text(self, text: str, name: str) -> None:
-        if self.enabled:
-            import mlflow
-
-            mlflow.log_text(text, name)
+        if self.enabled and self._writer is not None:
+            self._writer.text(text, name)

@@ -141,7 +141,7 @@ def _spec(args) -> int:
 
 
 # ---- entry point ------------------------------------------------------------------------------------------------
-COMMAND_MODULES = ("dfgan.cli.data", "dfgan.cli.runs", "dfgan.cli.study")
+COMMAND_MODULES = ("dfgan.cli.data", "dfgan.cli.runs", "dfgan.cli.study", "dfgan.cli.tracking")
 
 
 def _load_command_modules() -> None:

@@ -30,6 +30,7 @@ from dfgan.noise import step_noise, truncated_noise
 from dfgan.runs import CHECKPOINT, FINAL_RECORD, FINAL_WEIGHTS, RUN_RECORD, RunExistsError
 from dfgan.runtime import pick_device, resolve_precision, runtime_info
 from dfgan.tracking import Tracker
+from dfgan.tracking_buffer import replay_leftover
 from dfgan.train import distributed as dist
 from dfgan.train.batches import BatchPlan, step_loader
 from dfgan.train.step import NonFiniteLossError, Stepper, apply_speed_options
@@ -135,8 +136,11 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
             same_store = record.get("uri") == tracker.uri
             reopen = saved.get("mlflow_run_id") if saved else (record.get("run_id") if resume and same_store
                                                                   else None)
+            tracker.spool_path = tracker.spool_path or run.dir / runs.SPOOL
             with tracker:
                 tracker.start(spec, run.hash, {"stage": "setup"}, run_id=reopen)
+                if tracker.enabled and tracker.spool_path.exists():  # an earlier session's log, not yet sent
+                    replay_leftover(tracker.spool_path, tracker.uri)
                 if same_store and record.get("run_id") not in (None, tracker.run_id):
                     tracker.end_stale(record["run_id"], "its process ended before the run was complete; this "
                                                         f"run folder is now logged to run {tracker.run_id}")
