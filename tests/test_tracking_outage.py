@@ -4,15 +4,7 @@ logs is kept and sent when the server is back (or, after a time limit, written t
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -25,50 +17,12 @@ from dfgan.tracking import Tracker
 from dfgan.train.loop import train
 from dfgan.train.step import Stepper
 from tests.conftest import tiny_overrides
+from tests.servers import MlflowServer
 
 pytestmark = pytest.mark.slow
 
-SERVER_START_S = 180
 STEPS = 24
 DOWN_AT, UP_AT = 6, 14  # the server is killed after this step, and started again after this one
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`mlflow server` on 127.0.0.1 with a SQLite backend; kill() and start() again on the same port and store."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.port, self.proc = folder, _free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = open(self.folder / "server.log", "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.folder)
-        deadline = time.time() + SERVER_START_S
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(self.folder / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        pytest.fail(f"mlflow server not ready after {SERVER_START_S} s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +38,13 @@ def server(tmp_path, _template_db):
     folder = tmp_path / "server"
     folder.mkdir()
     shutil.copy(_template_db, folder / "server.db")
-    s = Server(folder)
+    s = MlflowServer(folder, f"sqlite:///{folder / 'server.db'}")
     s.start()
     yield s
-    s.kill()
+    s.stop()
 
 
-def _outage_during_training(monkeypatch, server: Server, *, restart: bool) -> None:
+def _outage_during_training(monkeypatch, server: MlflowServer, *, restart: bool) -> None:
     real = Stepper.__call__
 
     def call(self, step, *args):

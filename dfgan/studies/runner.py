@@ -42,6 +42,7 @@ from dfgan.studies.ledger import (
     fail_stale_trials,
     is_stale,
     set_error,
+    why_not_done,
     worker_identity,
 )
 from dfgan.studies.mlflow_glue import InvocationRun, cell_metrics, cell_tags, mark_runs
@@ -394,25 +395,6 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
                    f"storage {storage_label}; MLflow {uri}")
     if out.remaining:
         say("NOT DONE", f"this invocation ends with {len(out.remaining)} of {len(plan.entries)} cells not done: "
-                        + "; ".join(_why_remaining(plan, states)))
+                        + "; ".join(why_not_done([(e.key, e.hash) for e in plan.entries], states)))
     return out
 
-
-def _why_remaining(plan: StudyPlan, states) -> list[str]:
-    """One phrase per cell not done: who has it or what happens to it next."""
-    out = []
-    for e in plan.entries:
-        st = states.get(e.hash)
-        if st is not None and st.status == "done":
-            continue
-        if st is not None and st.running and not all(is_stale(t) for t in st.running):
-            w = st.running[0].user_attrs.get("worker", {})
-            why = f"running in another worker ({w.get('host')}:{w.get('pid')}); run `dfgan ablate` again after it"
-        elif st is not None and st.running:
-            why = "its worker is gone; retried by the next invocation"
-        elif st is not None and st.status == "failed":
-            why = "failed; retried by the next invocation"
-        else:
-            why = "not started; run `dfgan ablate` again"
-        out.append(f"{e.key} ({why})")
-    return out
