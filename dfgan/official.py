@@ -32,6 +32,7 @@ from dfgan.nn.discriminators import DFGANDiscriminator
 from dfgan.nn.generators import OneStageGenerator
 from dfgan.nn.heads import OneWayHead
 from dfgan.nn.text_encoders import DAMSMTextEncoder, TextEncoderFileError, damsm_sizes, read_damsm_state
+from dfgan.runs import load_failure
 
 __all__ = [
     "CheckpointError",
@@ -71,7 +72,7 @@ def _read(path_or_obj: Any, map_location) -> Any:
     except FileNotFoundError:
         raise
     except Exception as e:  # pickle with non-tensor objects, truncated file, ...
-        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({e})") from e
+        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint: {load_failure(e)}") from None
 
 
 def infer_config(state: Mapping[str, Any]) -> dict[str, int] | None:

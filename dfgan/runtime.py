@@ -117,3 +117,19 @@ def pick_device(name: Any = "auto"):
     if str(name) == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA device is available (use train.device=auto or cpu)")
     return torch.device(name)
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM (``kill``, a scheduler's stop, ``docker stop``) end the process the way Ctrl-C does: a
+    ``KeyboardInterrupt`` in the main thread, so that runs are marked KILLED and temporaries removed on the way
+    out. Only from the main thread (elsewhere it does nothing)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, _raise)

@@ -13,11 +13,22 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS_DIR = REPO_ROOT / "ablations"
@@ -29,8 +40,29 @@ class SpecError(ValueError):
     """A spec that cannot be run: the message names the field and what is allowed."""
 
 
+# a variant, spec or run name: it names files and folders, so no path separators and no leading '.'
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
+
+
+def _takes_int(annotation) -> bool:
+    if annotation is int:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return int in typing.get_args(annotation)
+    return False
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no NaN or Inf in any float field: an infinite learning rate or a NaN penalty weight is a NaN at step 1
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_int(cls, v, info: ValidationInfo):
+        """``steps=true`` is not 1 step: a bool where a number belongs is an error (pydantic would convert it)."""
+        if isinstance(v, bool) and _takes_int(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected an integer, got a boolean")
+        return v
 
 
 def _power_of_two(v: int, lo: int = 32, hi: int = 512) -> int:
@@ -115,7 +147,7 @@ class TrainSpec(_Strict):
     batch_size: int = Field(32, ge=2)  # per process (DF-GAN: 32 per GPU)
     lr_g: float = Field(1e-4, gt=0)  # DF-GAN HEAD TTUR
     lr_d: float = Field(4e-4, gt=0)
-    betas: tuple[float, float] = (0.0, 0.9)
+    betas: tuple[float, float] = (0.0, 0.9)  # each in [0, 1) (torch.optim.Adam's range)
     seed: int = 100  # DF-GAN's seed
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # speed options (dfgan.train.step.apply_speed_options / Stepper), on by default where they win without hurting
@@ -143,7 +175,14 @@ class TrainSpec(_Strict):
     status_every_s: float = Field(30.0, gt=0)
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(250, ge=1)
-    out_dir: str = "runs"
+    out_dir: str = Field("runs", min_length=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each of Adam's betas must be in [0, 1), got {list(v)}")
+        return v
 
 
 AUTO_METRICS: dict[str, tuple[str, ...]] = {"builtin": ("attr_acc", "fd_attr", "memorisation_attr")}
@@ -178,11 +217,18 @@ class EvalSpec(_Strict):
 class TrackingSpec(_Strict):
     enabled: bool = True
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI or sqlite:///<train.out_dir>/mlflow.db
-    experiment: str = "dfgan"
+    experiment: str = Field("dfgan", min_length=1)
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("an MLflow experiment name must not be blank")
+        return v
 
 
 class Spec(_Strict):
-    name: str = "custom"
+    name: str = Field("custom", pattern=f"^{NAME_PATTERN.pattern}$")  # names the run folder: no path separators
     description: str = ""
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -336,6 +382,9 @@ def variant_names() -> list[str]:
 
 
 def variant_path(name: str) -> Path:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise SpecError(f"variant {name!r} is not a variant name (letters, digits, _ . + = , -; no path "
+                        f"separators); defined in {VARIANTS_DIR}: {', '.join(variant_names())}")
     path = VARIANTS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise SpecError(f"unknown variant '{name}'; defined in {VARIANTS_DIR}: {', '.join(variant_names())}")

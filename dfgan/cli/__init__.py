@@ -149,7 +149,7 @@ def _spec(args) -> int:
 
 
 # ---- entry point ------------------------------------------------------------------------------------------------
-COMMAND_MODULES = ("dfgan.cli.data", "dfgan.cli.runs", "dfgan.cli.study")
+COMMAND_MODULES = ("dfgan.cli.data", "dfgan.cli.runs", "dfgan.cli.study", "dfgan.cli.tracking")
 
 
 def _load_command_modules() -> None:
@@ -217,14 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         _tune_allocator(argv)
     from dfgan.registry import RegistryError
-    from dfgan.runs import CheckpointMismatchError, RunExistsError
+    from dfgan.runs import CheckpointMismatchError, RunBusyError, RunExistsError
+    from dfgan.runtime import sigterm_as_interrupt
     from dfgan.spec import SpecError
+    from dfgan.tracking import TrackingError
     from dfgan.train.step import NonFiniteLossError
 
-    USER_ERRORS = (RegistryError, CheckpointMismatchError, RunExistsError, NonFiniteLossError,
-                   FileNotFoundError, ValueError)
+    USER_ERRORS = (RegistryError, CheckpointMismatchError, RunExistsError, RunBusyError, NonFiniteLossError,
+                   TrackingError, FileNotFoundError, ValueError)
 
     args = parse_args(argv)
+    sigterm_as_interrupt()  # `kill PID` ends a run like Ctrl-C: marked KILLED, temporaries removed
     try:
         return int(args.handler(args) or 0)
     except SpecError as e:
@@ -233,9 +236,25 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:  # bad input or state the user can fix: the message says what and where
         print(f"dfgan: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, a file-size limit, a read-only folder: no traceback, the file named
+        print(f"dfgan: {os_error_text(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dfgan: interrupted", file=sys.stderr)
         return 130
+
+
+def os_error_text(e: OSError) -> str:
+    import errno
+
+    text = str(e.strerror or e)
+    if e.filename and str(e.filename) not in text:
+        text += f" ({e.filename})"
+    hint = {errno.ENOSPC: "the disk is full: free space and resume (--resume) from the last checkpoint",
+            errno.EDQUOT: "the disk quota is used up: free space and resume (--resume) from the last checkpoint",
+            errno.EFBIG: "the file is larger than this process may write (ulimit -f)",
+            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}.get(e.errno)
+    return f"{type(e).__name__}: {text}" + (f"; {hint}" if hint and hint not in text else "")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dfgan.registry import TEXT_ENCODERS
+from dfgan.runs import load_failure
 
 DAMSM_EMBED = 300  # AttnGAN/DF-GAN RNN_ENCODER ninput
 DAMSM_HIDDEN = 256  # nhidden; each direction has 128
@@ -75,8 +76,7 @@ def read_damsm_state(path_or_state: str | os.PathLike | Mapping[str, Any]) -> di
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a pickle with non-tensor objects, a truncated file, ...
-            raise TextEncoderFileError(f"cannot read text encoder checkpoint {path} as a weights-only torch file: "
-                                       f"{type(e).__name__}: {e}") from None
+            raise TextEncoderFileError(f"cannot read text encoder checkpoint {path}: {load_failure(e)}") from None
         where = str(path)
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]

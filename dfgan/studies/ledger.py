@@ -110,6 +110,26 @@ def cell_states(study: optuna.Study) -> dict[str, CellState]:
     return out
 
 
+def why_not_done(cells: list[tuple[str, str]], states: dict[str, CellState]) -> list[str]:
+    """For each (label, spec hash) not done: the label and who has the cell or what happens to it next."""
+    out = []
+    for key, h in cells:
+        st = states.get(h)
+        if st is not None and st.status == "done":
+            continue
+        if st is not None and st.running and not all(is_stale(t) for t in st.running):
+            w = st.running[0].user_attrs.get("worker", {})
+            why = f"running in another worker ({w.get('host')}:{w.get('pid')}); run `dfgan ablate` again after it"
+        elif st is not None and st.running:
+            why = "its worker is gone; retried by the next invocation"
+        elif st is not None and st.status == "failed":
+            why = "failed; retried by the next invocation"
+        else:
+            why = "not started; run `dfgan ablate` again"
+        out.append(f"{key} ({why})")
+    return out
+
+
 def fail_stale_trials(study: optuna.Study, stale_after: float = STALE_AFTER_S) -> list[FrozenTrial]:
     """Mark RUNNING trials of dead workers FAILED (with an error saying so); returns them."""
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

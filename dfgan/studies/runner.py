@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from dfgan.experiment import check_data, check_spec, run_hash
 from dfgan.metrics.names import choose_metric
+from dfgan.runs import check_name
 from dfgan.spec import Spec, SpecError
 from dfgan.studies.definition import (
     Cell,
@@ -41,6 +42,7 @@ from dfgan.studies.ledger import (
     fail_stale_trials,
     is_stale,
     set_error,
+    why_not_done,
     worker_identity,
 )
 from dfgan.studies.mlflow_glue import InvocationRun, cell_metrics, cell_tags, mark_runs
@@ -110,7 +112,7 @@ class StudyOutcome:
 def plan_study(definition: StudyDefinition, *, name: str | None = None, seeds: int | list[int] | None = None,
                overrides: list[str] | tuple[str, ...] = ()) -> StudyPlan:
     """Resolve and validate every cell's spec before anything runs (errors name the cell and the field)."""
-    name = name or definition.name
+    name = check_name(name or definition.name, "study name")  # names a folder under train.out_dir
     common = [*definition.overrides, *overrides]
     cells = definition.cells()
     base = base_spec(cells[0].variant, common)
@@ -174,6 +176,19 @@ def load_or_create_study(name: str, storage, *, kind: str, sampler, direction: s
         raise SpecError(f"Optuna study '{name}' in this storage is a '{existing}' study, not a '{kind}' one; "
                         "pick another --study name or --storage")
     return study
+
+
+class IncompleteCellError(RuntimeError):
+    """A cell's training returned without the metric the study records for it."""
+
+
+def required_metric(spec: Spec, preferred: str | None) -> str | None:
+    """The metric a finished cell must have logged: the study's, when the cell evaluates it, else the cell's
+    first evaluation metric; None when the cell evaluates nothing (its objective is then a fallback)."""
+    metrics = list(spec.eval.metrics)
+    if preferred and preferred in metrics:
+        return preferred
+    return metrics[0] if metrics else None
 
 
 def _objective_value(metrics: dict[str, float], preferred: str | None) -> tuple[float, str]:
@@ -351,7 +366,11 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
                                                extra_tags=tags)
                     res = loop.train(e.spec, resume=True, progress=progress, tracker=tracker)
                 metrics = cell_metrics(res, uri)
-                value, value_name = _objective_value(metrics, plan.definition.metric)
+                need = required_metric(e.spec, plan.definition.metric)
+                if need and need not in metrics:  # not complete: never a done cell with a fallback objective
+                    raise IncompleteCellError(f"the run ended without its objective metric '{need}' (logged: "
+                                              f"{', '.join(sorted(metrics)) or 'nothing'}); re-queued")
+                value, value_name = _objective_value(metrics, need or plan.definition.metric)
                 for k, v in {"mlflow_run_id": res.run_id, "seconds": round(time.time() - t_cell, 2),
                              "value_metric": value_name, "outcome": "trained"}.items():
                     trial.set_user_attr(k, v)
@@ -389,4 +408,8 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
     say("summary", f"trained {len(out.trained)}, failed {len(out.failed)}, reused {len(out.reused)}, "
                    f"remaining {len(out.remaining)} of {len(plan.entries)} cells; {out.seconds:.0f}s; "
                    f"storage {storage_label}; MLflow {uri}")
+    if out.remaining:
+        say("NOT DONE", f"this invocation ends with {len(out.remaining)} of {len(plan.entries)} cells not done: "
+                        + "; ".join(why_not_done([(e.key, e.hash) for e in plan.entries], states)))
     return out
+

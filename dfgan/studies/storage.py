@@ -1,6 +1,7 @@
 """Where an Optuna study lives: a local SQLite file by default, any SQLAlchemy URL, or a journal file.
 
-- ``sqlite:///runs/studies.db`` (default, beside the run folders): one host, one worker at a time is safest;
+- ``sqlite:///runs/studies.db`` (default, beside the run folders): one host; workers started together create the
+  tables once (a lock file beside the database);
 - ``postgresql+psycopg2://user:pw@host/db`` (or any SQLAlchemy URL): several hosts;
 - ``journal:///shared/path/study.log``: Optuna's append-only journal file, safe for several processes on one
   host or on a shared file system (Optuna advises it over SQLite for parallel workers).
@@ -9,6 +10,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+
+from dfgan.tracking import set_up_once
 
 JOURNAL_SCHEME = "journal://"
 DEFAULT_STORAGE_FILE = "studies.db"
@@ -34,9 +37,8 @@ def open_storage(url: str):
     if "://" not in url:
         raise ValueError(f"storage '{url}': expected a SQLAlchemy URL (sqlite:///x.db, postgresql://...) "
                          "or journal:///path/to/file.log")
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(url)
+    # the schema is created (or migrated) once when several workers start together
+    return set_up_once(url, lambda: optuna.storages.RDBStorage(url))
 
 
 def describe_storage(url: str) -> str:
