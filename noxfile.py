@@ -55,8 +55,10 @@ def _venv(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (CPU only; GPU-only checks skip themselves)."""
+    """The test suite (CPU only; GPU-only checks skip themselves). First makes sure Debian's PostgreSQL server is
+    installed for the two-worker PostgreSQL study test (``.ci/postgres``: apt-get as root; never fails)."""
     _venv(session)
+    session.run("bash", str(ROOT / ".ci" / "postgres"), external=True)
     session.run(PY, "-m", "pytest", "-n", "2", "--dist", "loadgroup", *session.posargs, external=True,
                 env=MALLOC_ENV)
 
