@@ -220,7 +220,7 @@ def test_search_reports_prunes_and_exports(env, monkeypatch, tmp_path):
 
     evaluated: list[tuple[str, int, int]] = []
 
-    def fake_eval(spec, run_hash, gan, conditioner, dataset, device, tracker, step, run_dir):
+    def fake_eval(spec, run_hash, gan, conditioner, dataset, device, tracker, step, run_dir, **_):
         evaluated.append((spec.eval.split, spec.train.seed, step))
         values = {"attr_acc" if spec.eval.split == "test" else "attr_acc_val": score(spec)}
         tracker.metrics(values, step)
