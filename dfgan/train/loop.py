@@ -380,8 +380,7 @@ def _train(run: _Run, saved, tracker: Tracker, progress: bool, stop_at, on_eval)
     if end < t.steps:
         tracker.incomplete = f"stopped at step {end} of {t.steps} (stop_at)"
     elif dinfo.is_main:
-        with prof.section("final"):  # final weights and the final evaluation
-            evaluation, seconds = _complete(run, gan, tracker, evaluate, prior_seconds + time.time() - t_start)
+        evaluation, seconds = _complete(run, gan, tracker, evaluate, prior_seconds + time.time() - t_start)
     report = log_profile(prof, tracker, run_dir, end) if dinfo.is_main else None
     return TrainResult(run_dir, tracker.run_id, end, losses, seconds,
                        {"text_encoder": enc_info, "nop": nop, "speed": speed, "runtime": runtime_info(device),
@@ -401,8 +400,10 @@ def _complete(run: _Run, gan, tracker: Tracker, evaluate, seconds: float) -> tup
         if not _readable(weights):  # deleted or damaged since: the same weights, from the last checkpoint
             _save_final_weights(spec, gan, tracker, weights, end)
         return dict(final.get("evaluation") or {}), float(final.get("train_seconds", seconds))
-    _save_final_weights(spec, gan, tracker, weights, end)
-    evaluation = evaluate(end) if spec.eval.metrics else {}
+    with run.profile.section("final_weights"):
+        _save_final_weights(spec, gan, tracker, weights, end)
+    with run.profile.section("evaluation"):
+        evaluation = evaluate(end) if spec.eval.metrics else {}
     runs.kill_point("final-eval")
     tracker.metrics({"train_seconds": seconds}, end)
     runs.write_json(run_dir / FINAL_RECORD, {"step": end, "spec_hash": run.hash, "evaluation": evaluation,
