@@ -128,9 +128,11 @@ class Profile:
             yield item
 
     def instrument(self, obj: Any, methods: Iterable[str], name: str) -> None:
-        """Time every call of ``obj``'s ``methods`` (on this instance only) as a section ``name``."""
+        """Time every call of ``obj``'s ``methods`` (on this instance only) as a section ``name``. Instrumenting
+        the same object again (a tracker passed to several runs) replaces the timing, it does not stack."""
+        originals = obj.__dict__.setdefault("_profile_originals", {})
         for m in methods:
-            fn = getattr(obj, m)
+            fn = originals.setdefault(m, getattr(obj, m))
 
             @functools.wraps(fn)
             def timed(*a, _fn=fn, **kw):

@@ -7,14 +7,15 @@ ends, as long-running trainers do::
 
     train full: 1200/6000 steps (20.0%) | loss_d 0.512, loss_g 1.234 | 5.41 steps/s | 3m41s elapsed, ETA 14m48s
 
-Both kinds take tqdm's ``update``, ``set_postfix`` and ``close``, so a caller builds one with ``progress_bar``
-and does not care which it got.
+Both kinds take tqdm's ``update``, ``set_postfix``, ``close`` and ``with``, so a caller builds one with
+``progress_bar`` (or wraps an iterable with ``progress_iter``) and does not care which it got.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 DEFAULT_EVERY_S = 30.0
@@ -108,6 +109,12 @@ class StatusLines:
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
+    def __enter__(self) -> StatusLines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class _NoProgress:
     def update(self, n: int = 1) -> None:
@@ -117,6 +124,12 @@ class _NoProgress:
         return None
 
     def close(self) -> None:
+        return None
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
         return None
 
 
@@ -133,3 +146,11 @@ def progress_bar(total: int | None, desc: str, *, unit: str = "it", initial: int
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True,
                     file=stream)
     return StatusLines(total, desc, unit=unit, initial=initial, every_s=every_s, stream=stream)
+
+
+def progress_iter(items: Iterable, total: int | None, desc: str, **kw: Any) -> Iterator:
+    """Yield from ``items``, one ``progress_bar`` step per item (keywords as ``progress_bar``'s)."""
+    with progress_bar(total, desc, **kw) as bar:
+        for item in items:
+            yield item
+            bar.update(1)

@@ -95,6 +95,10 @@ def test_iterate_and_instrument_time_what_they_wrap():
     assert [thing.call(k) for k in p.iterate("data", items())] == [1, 2, 3]
     assert p.seconds["data"] == 3 and p.calls["data"] == 4  # the last call found the end
     assert p.seconds["mlflow"] == 1.5 and p.calls["mlflow"] == 3
+    other = Profile(clock=clock)
+    other.instrument(thing, ["call"], "mlflow")  # a second run with the same object: timed there only
+    thing.call(0)
+    assert other.calls["mlflow"] == 1 and p.calls["mlflow"] == 3
 
 
 def test_tiny_run_profile_covers_the_run_and_is_logged(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import re
 
 from dfgan import progress
 from dfgan.experiment import resolve_spec
-from dfgan.progress import StatusLines, format_seconds, progress_bar
+from dfgan.progress import StatusLines, format_seconds, progress_bar, progress_iter
 from dfgan.tracking import Tracker
 from dfgan.train.loop import train
 from tests.conftest import tiny_overrides
@@ -62,6 +62,9 @@ def test_progress_bar_picks_by_stream():
     bar = progress_bar(5, "x", stream=quiet, enabled=False)
     bar.update(), bar.set_postfix(a=1), bar.close()
     assert quiet.getvalue() == ""
+    out = io.StringIO()
+    assert list(progress_iter(iter(range(3)), 3, "items", stream=out, every_s=0)) == [0, 1, 2]
+    assert out.getvalue().splitlines()[-1].startswith("items: 3/3 its (100.0%)")
     assert format_seconds(3725) == "1h02m" and format_seconds(61) == "1m01s" and format_seconds(float("nan")) == "?"
 
 
@@ -81,3 +84,5 @@ def test_training_run_writes_status_lines_to_a_log(tmp_path, capsys):
     assert "loss_d " in steps[2] and "ETA" in steps[2] and steps[-1].endswith("elapsed, done")
     assert any(x.startswith("generate: 32/32 imgs") for x in lines)
     assert any(x.startswith("attribute classifier: ") for x in lines)
+    assert any(x.startswith("reference attr") for x in lines)  # the classifier's features of the test images
+    assert any(x.startswith("builtin data (32px): 96/96 imgs") for x in lines)  # the data (train, test, val), generated once

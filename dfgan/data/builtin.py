@@ -32,6 +32,7 @@ from dfgan.data.builtin_captions import (  # noqa: F401  (KEYWORDS, ALWAYS_NAMED
 )
 from dfgan.data.builtin_render import ATTRIBUTE_NAMES, ATTRIBUTES, render_image
 from dfgan.data.vocab import Vocab, tokenize
+from dfgan.progress import progress_bar
 from dfgan.registry import DATASETS
 from dfgan.runs import cache_dir
 from dfgan.spec import DataSpec
@@ -96,15 +97,13 @@ def content_hash_of(params: dict) -> str:
 
 def _write_cache(folder: Path, params: dict) -> None:
     """Generate every split and the shared vocabulary into ``folder`` (atomically)."""
-    from tqdm import tqdm
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
     try:
         sizes = {"train": params["n_train"], "test": params["n_test"], "val": params["n_val"]}
         data = {}
-        with tqdm(total=sum(sizes.values()), desc=f"builtin data ({params['imsize']}px)", unit="img") as bar:
+        with progress_bar(sum(sizes.values()), f"builtin data ({params['imsize']}px)", unit="img") as bar:
             for split in SPLITS:
                 data[split] = generate_split(
                     sizes[split], params["imsize"], params["captions_per_image"], params["seed"], split, bar

@@ -26,6 +26,7 @@ import torch
 
 from dfgan.images import to_uint8
 from dfgan.metrics import fid as fidlib
+from dfgan.progress import progress_iter
 from dfgan.runs import cache_dir
 
 REFERENCE_VERSION = 1  # bump when the reference-feature recipe changes (invalidates the cached statistics)
@@ -190,11 +191,9 @@ def reference_features(dataset, extractor: Extractor, batch_size: int = 64, *, p
     if not path.is_file():
         source = "computed"
         batches: Iterable[torch.Tensor] = real_batches(dataset, batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc=f"reference {extractor.key}",
-                           leave=False)
+        if progress:  # a bar on a terminal, else status lines (dfgan.progress)
+            batches = progress_iter(batches, -(-len(dataset) // batch_size), f"reference {extractor.key}",
+                                    unit="batch", leave=False)
         feats = extract(extractor, batches)["features"]
         mu, sigma = fidlib.feature_stats(feats)
         fidlib.save_stats(path, mu, sigma, features=feats.astype(np.float32))
