@@ -115,15 +115,15 @@ def check_spec(spec: Spec) -> None:
                 + (f" (chosen: {chosen})" if chosen else "")
                 + (f"; components that provide it: {', '.join(givers)}" if givers else "")
             )
-    for i, name in enumerate(spec.eval.metrics):
+    for field, name in spec.eval_metric_fields():
         try:
             d = metric(name)
         except RegistryError as e:
-            errors.append(f"eval.metrics[{i}]: {e}")
+            errors.append(f"{field}: {e}")
             continue
         if d.builtin_only and spec.data.name != "builtin":
-            errors.append(f"eval.metrics[{i}]: '{name}' needs the built-in dataset's ground-truth attributes "
-                          f"(data.name=builtin), and data.name is '{spec.data.name}': set eval.metrics=[] or "
+            errors.append(f"{field}: '{name}' needs the built-in dataset's ground-truth attributes "
+                          f"(data.name=builtin), and data.name is '{spec.data.name}': set {field.split('[')[0]}=[] or "
                           "metrics for real data (dfgan eval --list)")
     samplers = {"train.sampler": spec.train.sampler,
                 "model.text_encoder.pretrain_sampler": spec.model.text_encoder.pretrain_sampler}
@@ -273,18 +273,18 @@ def check_data(spec: Spec, *, world_size: int | None = None) -> DataSummary | No
         limit = f" (data.max_images={spec.data.max_images})" if spec.data.max_images == n_train else ""
         errors.append(f"train.batch_size: the dataset has {n_train} training images{limit}, fewer than one batch "
                       f"(train.batch_size={b}{procs}); set train.batch_size={max(2, n_train // world)} or less")
-    for i, name in enumerate(spec.eval.metrics):
+    for field, name in spec.eval_metric_fields():
         d = metric(name)
         if d.split == "test" and not n_test:
-            errors.append(f"eval.metrics[{i}]: '{name}' is computed on the test split, and the dataset has none")
+            errors.append(f"{field}: '{name}' is computed on the test split, and the dataset has none")
         elif d.kind == "rprec" and n_test and (n_test - 1) * k < R_CANDIDATES - 1:
-            errors.append(f"eval.metrics[{i}]: '{name}' ranks each caption among {R_CANDIDATES - 1} captions of "
+            errors.append(f"{field}: '{name}' ranks each caption among {R_CANDIDATES - 1} captions of "
                           f"other test images, and the test split has {n_test} images x {k} captions")
         if d.mode is not None:  # training skips it then (evaluate_during_training): said now, not at the end
             try:
                 inception_weights(d.mode)
             except InceptionWeightsMissing as e:
-                warnings.warn(f"eval.metrics[{i}]: '{name}' will be skipped: {e}", UserWarning, stacklevel=2)
+                warnings.warn(f"{field}: '{name}' will be skipped: {e}", UserWarning, stacklevel=2)
     if errors:
         raise SpecError("the data does not fit the spec:\n  " + "\n  ".join(errors))
     return summary

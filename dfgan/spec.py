@@ -200,6 +200,9 @@ class EvalSpec(_Strict):
     # (AUTO_METRICS: attribute accuracy, its Fréchet distance and the memorisation check on the built-in data,
     # none on real data, whose FID needs local Inception weights), resolved when the spec is validated
     metrics: list[str] | Literal["auto"] = "auto"
+    # metrics added at the final evaluation only (its noise draws included), not at the periodic ones: the
+    # costly ones, e.g. an Inception FID/KID on a CPU (about 0.4 s per image on one thread)
+    final_metrics: list[str] = Field(default_factory=list)
     n_images: int = Field(1000, ge=2)
     batch_size: int = Field(64, ge=1)
     # the split whose captions and real images every evaluation of the run uses; the logged names carry it
@@ -259,6 +262,8 @@ class Spec(_Strict):
             d["train"].pop(k)
         d["data"].pop("root")
         d["eval"].pop("prune_warmup_steps")
+        if not self.eval.final_metrics:  # added after runs were hashed: hashed only when used
+            d["eval"].pop("final_metrics")
         if self.data.name != "builtin":  # read by the built-in data only
             d["data"].pop("n_val")
         if self.data.name == "builtin" or not self.data.val_fraction:  # read by real data, and only when > 0
@@ -271,6 +276,15 @@ class Spec(_Strict):
                 node = node[part]
             node["computation_version"] = version
         return d
+
+    def end_metrics(self) -> list[str]:
+        """The metrics of the final evaluation: ``eval.metrics`` then ``eval.final_metrics`` (each once)."""
+        return list(dict.fromkeys([*self.eval.metrics, *self.eval.final_metrics]))
+
+    def eval_metric_fields(self) -> list[tuple[str, str]]:
+        """(field, name) of every evaluated metric, e.g. ("eval.final_metrics[0]", "fid1k_test_clean")."""
+        return [(f"eval.{field}[{i}]", name) for field in ("metrics", "final_metrics")
+                for i, name in enumerate(getattr(self.eval, field))]
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.to_dict())

@@ -81,7 +81,7 @@ def evaluate_run(path, metric_names=None, *, options: EvalOptions | None = None,
     options = options or EvalOptions()
     run = rebuild_run(path, device=device, progress=options.progress)
     spec, saved = run.spec, run.saved
-    names = metric_names or for_split(spec.eval.metrics or default_metrics(spec), spec.eval.split)
+    names = metric_names or for_split(spec.end_metrics() or default_metrics(spec), spec.eval.split)
     require_inception(metric_defs(names), options, spec)  # unknown names, missing weights: before any work
     sink, uri = None, None
     if track and saved["mlflow_run_id"]:

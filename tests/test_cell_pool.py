@@ -47,6 +47,11 @@ def test_paper_studies_share_their_common_cells():
         plans["budget"].entries[0].spec.train.steps
     first = plans["claims"].entries[0].spec
     assert first.eval.interval * 4 == first.train.steps  # evaluations at 1/4, 1/2, 3/4 and the end
+    # the measurement issue's metrics in every study: attributes and memorisation each time, Inception at the end
+    for p in plans.values():
+        assert {tuple(e.spec.end_metrics()) for e in p.entries} == {
+            ("attr_acc", "fd_attr", "memorisation_attr", "fid1k_test_clean", "kid1k_test_clean")}
+        assert {tuple(e.spec.eval.metrics) for e in p.entries} == {("attr_acc", "fd_attr", "memorisation_attr")}
     assert all(e.spec.train.out_dir.endswith("studies/paper_claims") for p in plans.values() for e in p.entries)
 
 

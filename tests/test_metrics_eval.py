@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dfgan.cli import main
-from dfgan.experiment import resolve_spec
+from dfgan.experiment import check_spec, resolve_spec, run_hash
+from dfgan.spec import SpecError
 from dfgan.tracking import Tracker
 from dfgan.train.loop import train
 from tests.conftest import tiny_overrides
@@ -168,3 +169,19 @@ def test_eval_errors_name_what_is_wrong(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["eval", "--list"]) == 0
     assert "fd_effnet_lite0" in capsys.readouterr().out
+
+
+def test_final_metrics_are_evaluated_only_at_the_end(tmp_path):
+    """eval.final_metrics join the final evaluation only (the periodic ones skip them); an empty list leaves the
+    run's identity as it was, a used one changes it; a bad name fails validation naming its field."""
+    over = {**EVAL, "eval.metrics": "[attr_acc]", "eval.final_metrics": "[fd_attr,attr_acc]", "eval.interval": 2}
+    spec = resolve_spec("full", overrides=tiny_overrides(tmp_path, **over))
+    assert spec.end_metrics() == ["attr_acc", "fd_attr"]
+    res = train(spec, progress=False, tracker=Tracker(enabled=False))
+    assert [(r["metric"], r["step"]) for r in _lines(res.run_dir)] == [("attr_acc", 2), ("attr_acc", 4),
+                                                                       ("fd_attr", 4)]
+    assert set(res.evaluation) >= {"attr_acc", "fd_attr"}
+    plain = resolve_spec("full", overrides=tiny_overrides(tmp_path, **{**over, "eval.final_metrics": "[]"}))
+    assert "final_metrics" not in plain.experiment_dict()["eval"] and run_hash(plain) != run_hash(spec)
+    with pytest.raises(SpecError, match=r"eval\.final_metrics\[0\]: unknown metric 'fid_x'"):
+        check_spec(resolve_spec("full", overrides=tiny_overrides(tmp_path, **{"eval.final_metrics": "[fid_x]"})))

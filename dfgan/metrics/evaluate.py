@@ -392,16 +392,16 @@ def evaluate(spec, gan, conditioner, device, metric_names, *, step: int, run_has
 def evaluate_during_training(spec, run_hash: str, gan, conditioner, dataset, device, tracker, step,
                              run_dir, *, profile=None, progress: bool = False) -> list[dict]:
     """What the training loop calls every ``spec.eval.interval`` steps and at the end: ``spec.eval.metrics``
-    on ``spec.eval.n_images`` images of the ``spec.eval.split`` split (names as ``on_split`` gives them), logged
-    to the run's MLflow run and ``metrics.jsonl``. Metrics whose weights are missing on this machine are skipped
+    (and, at the end, ``spec.eval.final_metrics``) on ``spec.eval.n_images`` images of the ``spec.eval.split``
+    split (names as ``on_split`` gives them), logged to the run's MLflow run and ``metrics.jsonl``. Metrics whose weights are missing on this machine are skipped
     with a warning instead of stopping the training. ``progress``: a bar (terminal) or status lines (log file)
     while images are generated."""
     key = (run_hash, str(device))
     cache = _TRAINING_EXTRACTORS.setdefault(key, {})
     for other in [k for k in _TRAINING_EXTRACTORS if k != key]:  # keep only the networks of the run being trained
         del _TRAINING_EXTRACTORS[other]
-    names = for_split(spec.eval.metrics, spec.eval.split)
     final = step >= spec.train.steps  # the final evaluation: spec.eval.noise_draws draws; periodic ones: one
+    names = for_split(spec.end_metrics() if final else spec.eval.metrics, spec.eval.split)
     return evaluate(spec, gan, conditioner, device, names, step=step, run_hash=run_hash,
                     options=EvalOptions(draws=None if final else 1, progress=progress),
                     run_dir=run_dir, sink=TrackerSink(tracker) if tracker is not None else None,

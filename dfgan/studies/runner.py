@@ -185,7 +185,7 @@ class IncompleteCellError(RuntimeError):
 def required_metric(spec: Spec, preferred: str | None) -> str | None:
     """The metric a finished cell must have logged: the study's, when the cell evaluates it, else the cell's
     first evaluation metric; None when the cell evaluates nothing (its objective is then a fallback)."""
-    metrics = list(spec.eval.metrics)
+    metrics = spec.end_metrics()
     if preferred and preferred in metrics:
         return preferred
     return metrics[0] if metrics else None

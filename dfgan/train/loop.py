@@ -403,7 +403,7 @@ def _complete(run: _Run, gan, tracker: Tracker, evaluate, seconds: float) -> tup
     with run.profile.section("final_weights"):
         _save_final_weights(spec, gan, tracker, weights, end)
     with run.profile.section("evaluation"):
-        evaluation = evaluate(end) if spec.eval.metrics else {}
+        evaluation = evaluate(end) if spec.end_metrics() else {}
     runs.kill_point("final-eval")
     tracker.metrics({"train_seconds": seconds}, end)
     runs.write_json(run_dir / FINAL_RECORD, {"step": end, "spec_hash": run.hash, "evaluation": evaluation,
