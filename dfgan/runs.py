@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,6 +110,27 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def cache_build_lock(path: str | Path, what: str = "it") -> Iterator[bool]:
+    """Hold an exclusive lock for building cache file ``path`` (a ``.<name>.lock`` file beside it), waiting
+    for another process that holds it, and say so on stderr: two study workers that start together then
+    build a DAMSM encoder, a classifier or reference statistics once, not twice. Yields whether ``path`` still
+    has to be built (False when the process waited for has written it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"dfgan: waiting for another process that is building {what} ({path})", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield not path.is_file()
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def clean_orphans(folder: str | Path) -> list[Path]:
     """Remove the temporaries that killed atomic writes left in ``folder`` (call it holding ``run_lock``)."""
     folder = Path(folder)
@@ -172,10 +194,13 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def load_or_make(path: str | Path, make: Callable[[], Any]) -> Any:
     """The weights-only torch object at ``path``; the first time, ``make()`` builds it and it is saved atomically.
-    The cache of a network trained once per dataset (the attribute classifier, the DAMSM evaluator pair)."""
+    The cache of a network trained once per dataset (the attribute classifier, the DAMSM evaluator pair); processes
+    that need it together wait for the one building it (``cache_build_lock``)."""
     path = Path(path)
     if not path.is_file():
-        atomic_torch_save(make(), path)
+        with cache_build_lock(path, path.parent.name) as missing:
+            if missing:
+                atomic_torch_save(make(), path)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

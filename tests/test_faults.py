@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import mlflow
@@ -331,3 +332,24 @@ def test_sigterm_marks_the_run_killed(tmp_path):
     assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out, out
     run_id = runs.read_json(folder / runs.RUN_RECORD)["run_id"]
     assert mlflow.tracking.MlflowClient(_uri(tmp_path)).get_run(run_id).info.status == "KILLED"
+
+
+def test_a_cache_file_is_built_once_by_processes_that_need_it_together(tmp_path, capsys):
+    """Two builders of one cache file (study workers starting together): the second waits for the first,
+    says so, then loads what the first wrote instead of building it again."""
+    path, built = tmp_path / "cache" / "thing.pt", []
+    entered = threading.Event()
+
+    def slow_make():
+        entered.set()
+        time.sleep(0.5)
+        built.append("first")
+        return {"x": torch.ones(2)}
+
+    first = threading.Thread(target=runs.load_or_make, args=(path, slow_make))
+    first.start()
+    entered.wait(10)
+    got = runs.load_or_make(path, lambda: built.append("second") or {"x": torch.zeros(2)})
+    first.join()
+    assert built == ["first"] and torch.equal(got["x"], torch.ones(2))
+    assert "waiting for another process that is building cache" in capsys.readouterr().err

@@ -85,4 +85,4 @@ def test_training_run_writes_status_lines_to_a_log(tmp_path, capsys):
     assert any(x.startswith("generate: 32/32 imgs") for x in lines)
     assert any(x.startswith("attribute classifier: ") for x in lines)
     assert any(x.startswith("reference attr") for x in lines)  # the classifier's features of the test images
-    assert any(x.startswith("builtin data (32px): 96/96 imgs") for x in lines)  # the data (train, test, val), generated once
+    assert any(x.startswith("builtin data (32px): 96/96 imgs") for x in lines)  # train+test+val, generated once

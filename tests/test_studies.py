@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from dfgan.experiment import resolve_spec, run_hash
 from dfgan.spec import SpecError
 from dfgan.studies.definition import adhoc_definition, load_study_definition, parse_seeds, resolve_seeds
-from dfgan.studies.runner import plan_study, run_study, study_status
+from dfgan.studies.runner import _grid_sampler_class, plan_study, run_study, study_status
 from dfgan.studies.search import parse_params, run_search
 from dfgan.studies.storage import describe_storage, open_storage
 from dfgan.train import loop
@@ -308,3 +308,17 @@ def test_dead_worker_trial_is_failed_and_retried(env):
                    metric="attr_acc", overrides=[*env["overrides"], "eval.metrics=[nope]"],
                    storage_url=env["storage"], tracking_uri=env["uri"], echo=lambda s: None)
     assert "bad" not in [s.study_name for s in optuna.get_all_study_summaries(open_storage(env["storage"]))]
+
+
+def test_grid_cells_are_handed_out_seed_major():
+    """Workers get every arm of one seed before the next seed (plan order, not Optuna's shuffle), so a study
+    stopped part-way has whole seeds to pair; the grid is still handed out once each."""
+    labels, seeds = ["full", "stacked", "no_magp"], [100, 101, 102]
+    space = {"variant@g": labels, "seed@g": seeds}
+    study = optuna.create_study(sampler=_grid_sampler_class()(space, order=["seed@g", "variant@g"]))
+    got = []
+    for _ in range(len(labels) * len(seeds)):
+        t = study.ask()
+        got.append((t.suggest_categorical("seed@g", seeds), t.suggest_categorical("variant@g", labels)))
+        study.tell(t, 0.0)
+    assert got == [(s, v) for s in seeds for v in labels]

@@ -393,9 +393,9 @@ def evaluate_during_training(spec, run_hash: str, gan, conditioner, dataset, dev
                              run_dir, *, profile=None, progress: bool = False) -> list[dict]:
     """What the training loop calls every ``spec.eval.interval`` steps and at the end: ``spec.eval.metrics``
     (and, at the end, ``spec.eval.final_metrics``) on ``spec.eval.n_images`` images of the ``spec.eval.split``
-    split (names as ``on_split`` gives them), logged to the run's MLflow run and ``metrics.jsonl``. Metrics whose weights are missing on this machine are skipped
-    with a warning instead of stopping the training. ``progress``: a bar (terminal) or status lines (log file)
-    while images are generated."""
+    split (names as ``on_split`` gives them), logged to the run's MLflow run and ``metrics.jsonl``. Metrics
+    whose weights are missing on this machine are skipped with a warning instead of stopping the training.
+    ``progress``: a bar (terminal) or status lines (log file) while images are generated."""
     key = (run_hash, str(device))
     cache = _TRAINING_EXTRACTORS.setdefault(key, {})
     for other in [k for k in _TRAINING_EXTRACTORS if k != key]:  # keep only the networks of the run being trained

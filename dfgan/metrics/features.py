@@ -27,7 +27,7 @@ import torch
 from dfgan.images import to_uint8
 from dfgan.metrics import fid as fidlib
 from dfgan.progress import progress_iter
-from dfgan.runs import cache_dir
+from dfgan.runs import cache_build_lock, cache_dir
 
 REFERENCE_VERSION = 1  # bump when the reference-feature recipe changes (invalidates the cached statistics)
 
@@ -189,14 +189,16 @@ def reference_features(dataset, extractor: Extractor, batch_size: int = 64, *, p
     path = reference_path(dataset, extractor)
     source = "cache"
     if not path.is_file():
-        source = "computed"
-        batches: Iterable[torch.Tensor] = real_batches(dataset, batch_size)
-        if progress:  # a bar on a terminal, else status lines (dfgan.progress)
-            batches = progress_iter(batches, -(-len(dataset) // batch_size), f"reference {extractor.key}",
-                                    unit="batch", leave=False)
-        feats = extract(extractor, batches)["features"]
-        mu, sigma = fidlib.feature_stats(feats)
-        fidlib.save_stats(path, mu, sigma, features=feats.astype(np.float32))
+        with cache_build_lock(path, f"reference features ({extractor.key})") as missing:
+            if missing:
+                source = "computed"
+                batches: Iterable[torch.Tensor] = real_batches(dataset, batch_size)
+                if progress:  # a bar on a terminal, else status lines (dfgan.progress)
+                    batches = progress_iter(batches, -(-len(dataset) // batch_size),
+                                            f"reference {extractor.key}", unit="batch", leave=False)
+                feats = extract(extractor, batches)["features"]
+                mu, sigma = fidlib.feature_stats(feats)
+                fidlib.save_stats(path, mu, sigma, features=feats.astype(np.float32))
     stats = fidlib.load_stats(path)
     stats.update(path=str(path), source=source, n=len(dataset))
     return stats

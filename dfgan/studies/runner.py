@@ -149,6 +149,15 @@ def _grid_sampler_class():
         (the stock rule calls ``study.stop()``, which ask/tell does not allow, and stops before re-queued
         cells have run)."""
 
+        def __init__(self, search_space, order: list[str]) -> None:
+            super().__init__(search_space)
+            # the grid in plan order (seed-major: every arm of one seed before the next seed), not Optuna's
+            # shuffle: a study stopped part-way then has whole seeds, i.e. paired differences, to report
+            names = self._param_names
+            rank = [{v: i for i, v in enumerate(search_space[n])} for n in names]
+            pos = [names.index(n) for n in order]
+            self._all_grids.sort(key=lambda g: tuple(rank[p][g[p]] for p in pos))
+
         def after_trial(self, study, trial, state, values) -> None:
             return None
 
@@ -263,7 +272,7 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
 
     p_variant, p_seed = grid_param_names(plan.grid)
     space = {p_variant: plan.labels, p_seed: plan.seeds}
-    sampler = _grid_sampler_class()(space)
+    sampler = _grid_sampler_class()(space, order=[p_seed, p_variant])
     study = load_or_create_study(plan.name, open_storage(storage_url), kind="grid", sampler=sampler,
                                  direction=plan.definition.direction)
     study.set_user_attr(f"grid.{plan.grid}", {"overrides": plan.overrides, "seeds": plan.seeds,

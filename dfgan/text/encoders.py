@@ -22,7 +22,7 @@ from dfgan.data.identity import vocab_hash
 from dfgan.data.vocab import MAX_WORDS, pad_caption
 from dfgan.nn.text_encoders import DAMSMTextEncoder, damsm_sizes, read_damsm_state
 from dfgan.registry import TEXT_ENCODERS
-from dfgan.runs import atomic_torch_save, atomic_write_text
+from dfgan.runs import atomic_torch_save, atomic_write_text, cache_build_lock
 from dfgan.runtime import pick_device
 from dfgan.text.pretrain import pretrain_sampler, pretrain_text_encoder
 from dfgan.text.probe import attribute_probe, has_attributes
@@ -116,17 +116,27 @@ def get_text_encoder(
         return enc, {"source": "checkpoint", "path": str(Path(spec.checkpoint).expanduser()), "vocab_hash": vocab,
                      "vocab_check": "size" if note else "hash"}
     path = cache_path(spec, dataset, cache_dir)
+    if not path.is_file():  # pretrained once; workers that start together wait for the first (cache_build_lock)
+        with cache_build_lock(path, "a DAMSM text encoder") as missing:
+            if missing:
+                enc, info = _pretrain_into_cache(spec, dataset, path, vocab, device=device, progress=progress,
+                                                 log_fn=log_fn, eval_dataset=eval_dataset)
+                return enc, {**info, "source": "pretrained", "path": str(path)}
+    enc = load_damsm_checkpoint(path, n_words, device=device, embedding_dim=spec.embedding_dim)
+    info: dict[str, Any] = {}
     sidecar = path.with_suffix(".json")
-    if path.is_file():
-        enc = load_damsm_checkpoint(path, n_words, device=device, embedding_dim=spec.embedding_dim)
-        info: dict[str, Any] = {}
-        if sidecar.is_file():
-            try:
-                info = json.loads(sidecar.read_text())
-            except (OSError, json.JSONDecodeError):
-                info = {}
-        info.update(source="cache", path=str(path), vocab_hash=vocab)
-        return enc, info
+    if sidecar.is_file():
+        try:
+            info = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError):
+            info = {}
+    info.update(source="cache", path=str(path), vocab_hash=vocab)
+    return enc, info
+
+
+def _pretrain_into_cache(spec, dataset, path: Path, vocab: str, *, device, progress, log_fn, eval_dataset):
+    """Pretrain the DAMSM pair, probe what its sentence vectors encode, and write encoder, image encoder and
+    the sidecar record atomically to the cache."""
     print(f"dfgan: pretraining a DAMSM text encoder on the {getattr(dataset, 'name', 'training')} data "
           f"({spec.pretrain_steps} steps, sentence loss only: `dfgan pretrain-text` adds the word loss); it is "
           f"cached at {path} and reused by every run with this data and these pretraining fields", file=sys.stderr)
@@ -141,11 +151,11 @@ def get_text_encoder(
     info = {**info, "content_hash": dataset.content_hash, "dataset_hash": dataset.content_hash,
             "dataset": getattr(dataset, "name", None), "vocab_hash": vocab, "key": cache_key(spec, dataset),
             "version": PRETRAIN_VERSION}
-    atomic_torch_save(state, path)
-    # the image encoder trained with it: the rprec_damsm evaluator pair (same recipe) then needs no training
+    # the image encoder first, the encoder (what the cache check reads) next, the sidecar last: the image
+    # encoder trained with it is the rprec_damsm evaluator pair (same recipe), which then needs no training
     atomic_torch_save({k: v.detach().cpu() for k, v in img_enc.state_dict().items()}, image_encoder_beside(path))
-    atomic_write_text(sidecar, json.dumps(info, indent=2, sort_keys=True))
-    info.update(source="pretrained", path=str(path))
+    atomic_torch_save(state, path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=2, sort_keys=True))
     return enc, info
 
 
