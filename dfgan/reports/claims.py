@@ -35,7 +35,7 @@ from dfgan.experiment import resolve_spec, spec_nop
 from dfgan.metrics.names import arrow, higher_is_better
 from dfgan.reports.collect import StudyData, metric_history
 from dfgan.reports.stats import ALPHA, CONFIDENCE, POWER, Diff, compare, holm, mde, seed_values, welch_interval
-from dfgan.reports.tables import Table, fmt, fmt_count
+from dfgan.reports.tables import Table, fmt, fmt_count, fmt_diff
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive at this power"
 PAPER_SIZE = ["model.nf=32", "data.imsize=256"]  # the NoP of reports/nop_variants.md (DF-GAN on CUB, 256 px)
@@ -139,11 +139,7 @@ def claim_tests(data: StudyData, definition, primary: str) -> list[ClaimTest]:
 
 # ---- tables ------------------------------------------------------------------------------------------------------
 def _fmt_ci(d: Diff | None) -> str:
-    if d is None:
-        return "no finished runs of both rows"
-    if d.lo is None:
-        return f"{d.diff:+.3g} ({d.note or 'no interval'})"
-    return f"{d.diff:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}]"
+    return fmt_diff(d, missing="no finished runs of both rows", no_interval=None, mark=False)
 
 
 def table_claims(tests: list[ClaimTest], study: str) -> Table:

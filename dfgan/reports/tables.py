@@ -52,12 +52,15 @@ def fmt_mean_std(mean: float, std: float, n: int) -> str:
     return fmt(mean) if n < 2 or not math.isfinite(std) else f"{fmt(mean)} ± {fmt(std, 2)}"
 
 
-def fmt_diff(d: Diff | None) -> str:
+def fmt_diff(d: Diff | None, *, missing: str = "(reference)", no_interval: str | None = "1 seed: no interval",
+             mark: bool = True) -> str:
+    """``+0.012 [-0.003, +0.027]`` (with ``SIG_MARK`` when significant and ``mark``); ``missing`` when there is no
+    difference; ``no_interval`` when it has no interval (None: the difference's own note says why)."""
     if d is None:
-        return "(reference)"
+        return missing
     if d.lo is None:
-        return f"{d.diff:+.3g} (1 seed: no interval)"
-    return f"{d.diff:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}]{' ' + SIG_MARK if d.significant else ''}"
+        return f"{d.diff:+.3g} ({no_interval or d.note or 'no interval'})"
+    return f"{d.diff:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}]{' ' + SIG_MARK if mark and d.significant else ''}"
 
 
 def fmt_count(n) -> str:
