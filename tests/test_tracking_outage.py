@@ -92,6 +92,9 @@ def test_long_outage_goes_to_a_file_replayed_later(tmp_path, server, monkeypatch
     err = capsys.readouterr().err
     assert spool.is_file() and f"dfgan tracking replay {spool}" in err, err
     assert res.steps == STEPS and (run_folder(spec) / runs.FINAL_RECORD).is_file()  # training went on
+    with pytest.raises(runs.RunExistsError, match=f"holds {runs.SPOOL}: metrics of its MLflow run"):
+        train(spec, restart=True, progress=False, tracker=Tracker.for_spec(spec, uri=server.url))
+    assert spool.is_file()  # --restart never deletes what was not sent
 
     server.start()
     assert main(["tracking", "replay", str(spool)]) == 0

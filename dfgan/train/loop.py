@@ -139,6 +139,12 @@ def train(spec, *, resume: bool = False, restart: bool = False, progress: bool =
                                     "resume it" if resume else "delete it (--restart)")
                 record = runs.read_json(run.dir / RUN_RECORD) or {}
                 if restart and run.dir.exists():
+                    if (spool := run.dir / runs.SPOOL).exists():  # never delete metrics not yet sent
+                        raise RunExistsError(
+                            f"{run.dir} holds {spool.name}: metrics of its MLflow run that never reached the "
+                            f"tracking store; send them first (dfgan tracking replay {spool}) or move the file "
+                            "away, then --restart"
+                        )
                     shutil.rmtree(run.dir)
                 created = not run.dir.exists()
                 run.dir.mkdir(parents=True, exist_ok=True)
