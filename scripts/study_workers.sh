@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Run a long study in the background: N one-thread `dfgan ablate` workers sharing one Optuna storage and one
+# MLflow store, on a frozen checkout of one commit, so that every cell records the same code while the work tree
+# goes on changing. Storage, cache, logs and runs live outside the work tree ($DFGAN_WORK, default ~/dfgan-work),
+# so a machine that is kept resumes the study: run the same command again (finished cells are never rerun,
+# killed ones are).
+#
+#   scripts/study_workers.sh claims                 # 2 workers on HEAD's code
+#   scripts/study_workers.sh claims --commit 6d73a9f --workers 2
+#   scripts/study_workers.sh claims --dry-run       # print what would run
+#   tail -f ~/dfgan-work/logs/claims-worker1.log    # a status line every 30 s, one line per cell
+#   .venv/bin/dfgan report --study claims --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
+set -euo pipefail
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+[[ $# -ge 1 && $1 != -* ]] || usage 2
+study=$1; shift
+commit=HEAD workers=2 dry=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --commit) commit=$2; shift 2 ;;
+    --workers) workers=$2; shift 2 ;;
+    --dry-run) dry=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "study_workers.sh: unknown argument '$1'" >&2; usage 2 ;;
+  esac
+done
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=${DFGAN_WORK:-$HOME/dfgan-work}
+py=$repo/.venv/bin/python
+sha=$(git -C "$repo" rev-parse --verify "$commit^{commit}")
+code=$work/code-${sha:0:12}
+run() { if [[ $dry == 1 ]]; then echo "+ $*"; else "$@"; fi; }
+[[ -x $py || $dry == 1 ]] || { echo "study_workers.sh: $py is missing: build it first (python3.11 -m nox -s tests, or -s ablation)" >&2; exit 1; }
+run mkdir -p "$work/runs" "$work/cache" "$work/logs"
+if [[ ! -d $code ]]; then
+  run git -C "$repo" worktree add --detach "$code" "$sha"
+fi
+run ln -sfn "$work/runs" "$code/runs"   # train.out_dir "runs": the cells, studies.db and mlflow.db under $work/runs
+for w in $(seq 1 "$workers"); do
+  log=$work/logs/$study-worker$w.log
+  cmd=(env -C "$code" PYTHONPATH="$code" DFGAN_CACHE="$work/cache" OMP_NUM_THREADS=1
+       MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
+       nice -n 5 "$py" -m dfgan ablate --study "$study" train.threads=1)
+  if [[ $dry == 1 ]]; then
+    echo "+ nohup ${cmd[*]} >> $log 2>&1 &"
+  else
+    nohup "${cmd[@]}" >> "$log" 2>&1 &
+    echo "worker $w: pid $!, log $log"
+    sleep 20  # the first worker creates the stores; the others find them (creation is also locked)
+  fi
+done
+echo "code: $code (commit $sha); storage: $work/runs/studies.db; MLflow: sqlite:///$work/runs/mlflow.db"

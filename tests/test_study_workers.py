@@ -1,0 +1,38 @@
+"""``scripts/study_workers.sh``: background study workers on a frozen checkout, stores outside the work tree."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "study_workers.sh"
+
+
+def _run(*args: str, work: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(work), "DFGAN_WORK": str(work / "w")})
+
+
+def test_dry_run_names_one_commit_the_stores_and_one_thread_workers(tmp_path):
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    r = _run("claims", "--workers", "3", "--dry-run", work=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    code = tmp_path / "w" / f"code-{sha[:12]}"
+    assert f"+ git -C {ROOT} worktree add --detach {code} {sha}" in lines
+    workers = [x for x in lines if "dfgan ablate --study claims train.threads=1" in x]
+    assert len(workers) == 3 and all(f"PYTHONPATH={code} " in x and f"DFGAN_CACHE={tmp_path}/w/cache" in x
+                                     and "OMP_NUM_THREADS=1" in x for x in workers)
+    assert [x.rsplit(">>", 1)[1].split()[0] for x in workers] == [
+        f"{tmp_path}/w/logs/claims-worker{i}.log" for i in (1, 2, 3)]
+    assert not (tmp_path / "w").exists()  # a dry run creates nothing
+
+
+def test_bad_arguments_say_what_is_wrong(tmp_path):
+    r = _run("claims", "--frobnicate", work=tmp_path)
+    assert r.returncode == 2 and "unknown argument '--frobnicate'" in r.stderr
+    assert _run(work=tmp_path).returncode == 2
+    r = _run("claims", "--commit", "no-such-rev", "--dry-run", work=tmp_path)
+    assert r.returncode != 0
