@@ -72,7 +72,7 @@ def ablation(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def report(session: nox.Session) -> None:
-    """Tables and figures of a study: ``nox -s report -- --study component_table`` (goes to ``dfgan report``)."""
+    """Tables and figures of a study: ``nox -s report -- --study claims`` (goes to ``dfgan report``)."""
     _venv(session)
     session.run(PY, "-m", "dfgan", "report", *session.posargs, external=True)
 

@@ -36,7 +36,7 @@ def env(tmp_path, monkeypatch):
 
 # ---- definitions and plans (no training) -------------------------------------------------------------------------
 def test_study_files_define_the_paper_tables():
-    comp = load_study_definition("component_table")
+    comp = load_study_definition("cumulative")
     labels = [c.label for c in comp.cells()]
     assert comp.kind == "cumulative" and labels[0] == "baseline" and labels[-1] == "full" and len(labels) == 5
     # each row adds exactly one component to the previous one (the paper's cumulative order)

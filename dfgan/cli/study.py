@@ -25,7 +25,7 @@ def _progress_flag(p) -> None:
 @command("ablate", "run a study: variants x seeds through Optuna (resumable, shareable by several workers)")
 def _ablate_args(p):
     p.add_argument("--study", help="study name: Optuna study, MLflow experiment and report folder; a study file "
-                   "ablations/studies/NAME.yaml is used when it exists (default: component_table, or the "
+                   "ablations/studies/NAME.yaml is used when it exists (default: claims, or the "
                    "variants joined by '+')")
     p.add_argument("--definition", help="study file (name under ablations/studies or a path) when it differs "
                    "from --study")
