@@ -14,7 +14,16 @@ from PIL import Image
 from scipy import stats
 
 from dfgan.reports.build import build_report
-from dfgan.reports.claims import CONTRADICTED, INCONCLUSIVE, SUPPORTED, judge, orientation, t_test
+from dfgan.reports.claims import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    SUPPORTED,
+    ClaimTest,
+    figure_curves,
+    judge,
+    orientation,
+    t_test,
+)
 from dfgan.reports.stats import mde
 from dfgan.studies.definition import load_study_definition
 from tests.test_report import _log
@@ -178,3 +187,13 @@ def test_claims_must_name_rows_of_the_study():
     assert ok.claims["m"].paper is None  # the reference (full) is the paper's row
     with pytest.raises(ValidationError, match="claims.m: row 'stacked' is not a cell"):
         StudyDefinition(name="s", variants=["full", "no_magp"], claims={"m": {"arm": "stacked", "statement": "x"}})
+
+
+def test_curves_of_a_study_part_way_through(tmp_path):
+    """An arm with no finished cell yet (only the reference has run) still gives the figure, not an error."""
+    import pandas as pd
+
+    hist = pd.DataFrame({"variant": ["full"] * 4, "seed": [100] * 4, "metric": ["attr_acc"] * 4,
+                         "step": [1500, 3000, 4500, 6000], "value": [0.5, 0.7, 0.8, 0.9], "run_id": ["r"] * 4})
+    t = ClaimTest("one_stage", "s", "full", "stacked", "attr_acc", None)
+    assert figure_curves([t], hist, tmp_path / "c.png").stat().st_size > 0

@@ -301,10 +301,11 @@ def figure_curves(tests: list[ClaimTest], hist: pd.DataFrame, path: Path) -> Pat
     for ax, t in zip(axes[0], tests, strict=False):
         h = hist[hist["metric"] == t.metric]
         for row, colour in ((t.paper, "C0"), (t.arm, "C3")):
-            g = h[h["variant"] == row].groupby("step")["value"]
-            st = g.apply(lambda v: pd.Series(_mean_ci(v.to_numpy(float)), index=["mean", "lo", "hi"])).unstack()
-            if st.empty:
+            rows = h[h["variant"] == row]
+            if rows.empty:  # an arm with no finished cell yet (a study part-way through)
                 continue
+            st = pd.DataFrame({step: _mean_ci(v.to_numpy(float)) for step, v in rows.groupby("step")["value"]},
+                              index=["mean", "lo", "hi"]).T.sort_index()
             ax.plot(st.index, st["mean"], "o-", color=colour, label=row)
             ax.fill_between(st.index, st["lo"], st["hi"], color=colour, alpha=0.2)
         ax.set(title=t.key, xlabel="training step", ylabel=f"{t.metric}{arrow(t.metric)}")
