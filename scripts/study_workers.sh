@@ -40,7 +40,8 @@ for w in $(seq 1 "$workers"); do
   log=$work/logs/$study-worker$w.log
   cmd=(env -C "$code" PYTHONPATH="$code" DFGAN_CACHE="$work/cache" OMP_NUM_THREADS=1
        MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
-       nice -n 5 "$py" -m dfgan ablate --study "$study" train.threads=1)
+       nice -n 5 "$py" -m dfgan ablate --study "$study" --progress train.threads=1)  # --progress: commits before
+  # the default became on print nothing per step to a log file
   if [[ $dry == 1 ]]; then
     echo "+ nohup ${cmd[*]} >> $log 2>&1 &"
   else

@@ -4,6 +4,7 @@ resumes, the single-variant command, and the hyperparameter search with pruning 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import mlflow
@@ -195,14 +196,17 @@ def test_study_interrupted_failing_cell_resumes_and_retries(env, monkeypatch):
     assert {r["status"] for r in study_status(plan, env["storage"])} == {"done"}
 
 
-def test_single_variant_command(env):
+def test_single_variant_command(env, capsys):
     """`dfgan ablate --variant no_magp` (what `nox -s ablation -- --variant no_magp` runs): one cell, the
-    spec's own seed, a FINISHED MLflow run."""
+    spec's own seed, a FINISHED MLflow run; with stderr no terminal (a log file) the cell's training still
+    shows plain status lines by default (issue 15: a log file showed nothing during training)."""
     from dfgan.cli import main
 
     rc = main(["ablate", "--variant", "no_magp", "--storage", env["storage"], "--tracking-uri", env["uri"],
-               "--no-progress", *env["overrides"]])
+               *env["overrides"]])
     assert rc == 0
+    err = capsys.readouterr().err
+    assert re.search(r"^train no_magp: \d+/\d+ steps", err, re.M), err[-2000:]
     runs = _cell_runs(env["uri"], "no_magp")
     assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED"
     assert runs["tags.seed"].iloc[0] == "100" and runs["params.model.regulariser.name"].iloc[0] == "none"

@@ -22,7 +22,7 @@ def test_dry_run_names_one_commit_the_stores_and_one_thread_workers(tmp_path):
     lines = r.stdout.splitlines()
     code = tmp_path / "w" / f"code-{sha[:12]}"
     assert f"+ git -C {ROOT} worktree add --detach {code} {sha}" in lines
-    workers = [x for x in lines if "dfgan ablate --study claims train.threads=1" in x]
+    workers = [x for x in lines if "dfgan ablate --study claims --progress train.threads=1" in x]
     assert len(workers) == 3 and all(f"PYTHONPATH={code} " in x and f"DFGAN_CACHE={tmp_path}/w/cache" in x
                                      and "OMP_NUM_THREADS=1" in x for x in workers)
     assert [x.rsplit(">>", 1)[1].split()[0] for x in workers] == [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from dfgan.cli import command
 
@@ -17,8 +16,9 @@ def _storage_args(p) -> None:
 
 
 def _progress_flag(p) -> None:
-    p.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=None,
-                   help="per-step progress bars inside each cell (default: when stderr is a terminal)")
+    p.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=True,
+                   help="progress inside each cell: a bar on a terminal, else (a log file) one status line every "
+                   "train.status_every_s seconds (default: on; --no-progress: none)")
 
 
 # ---- ablate -----------------------------------------------------------------------------------------------------
@@ -86,9 +86,8 @@ def _ablate(args) -> int:
             err = f"  ({r['error'].splitlines()[0][:100]})" if r["error"] else ""
             print(f"  {r['cell']:40s} seed={r['seed']:<5d} {r['spec_hash']}  {r['status']}{err}")
         return 0
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     out = run_study(plan, storage_url=args.storage, tracking_uri=args.tracking_uri, max_cells=args.max_cells,
-                    progress=progress)
+                    progress=args.progress)
     print(f"report: dfgan report --study {plan.name}"
           + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
     return 1 if out.failed else 0
@@ -119,11 +118,10 @@ def _search_args(p):
 def _search(args) -> int:
     from dfgan.studies.search import parse_params, run_search
 
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     out = run_search(study=args.study, variant=args.variant, params=parse_params(args.params),
                      n_trials=args.trials, metric=args.metric, direction=args.direction, overrides=args.overrides,
                      storage_url=args.storage, tracking_uri=args.tracking_uri, pruner=args.pruner,
-                     export=args.export, sampler_seed=args.seed, progress=progress,
+                     export=args.export, sampler_seed=args.seed, progress=args.progress,
                      retrain_seeds=args.retrain_seeds)
     print(json.dumps({"study": out.study, "complete": out.complete, "pruned": out.pruned, "failed": out.failed,
                       "best_trial": out.best_trial, "best_value": out.best_value, "metric": out.metric,
