@@ -121,6 +121,67 @@ def coarse_profile(run: Path, records: list[dict], out_dir: Path) -> dict:
     return out
 
 
+def phases(job: dict) -> dict:
+    """Seconds of one job's phases from what it recorded: whole job (wall), DAMSM pretraining, one training step
+    and how many, evaluation (attribute classifier set-up included); None where the commit recorded nothing."""
+    prof = job.get("profile") or {}
+    out = {"wall": job.get("wall_seconds"), "text_encoder": None, "step": None, "steps": None, "evaluation": None}
+    if "sections" in prof:  # profile.json (commits since issue 15)
+        sec = prof["sections"]
+        out["text_encoder"] = sec.get("text_encoder", {}).get("seconds")
+        step = sec.get("train.step", {})
+        if step.get("calls"):
+            out["step"], out["steps"] = step["seconds"] / step["calls"], step["calls"]
+        out["evaluation"] = sec.get("evaluation", {}).get("seconds")
+        return out
+    te = prof.get("text_encoder")
+    out["text_encoder"] = float(te["seconds"]) if isinstance(te, dict) and te.get("seconds") else None
+    rate = (prof.get("steps_per_sec") or {}).get("median")
+    out["step"] = 1.0 / rate if rate else None
+    steps = [o.split("=", 1)[1] for o in job.get("command", []) if o.startswith("train.steps=")]
+    out["steps"] = int(steps[-1]) if steps else None
+    ev = [v for v in (prof.get("evaluation") or {}).values() if isinstance(v, dict)]
+    if ev:  # the metrics share one classifier set-up; each "seconds" is that metric's own pass
+        out["evaluation"] = max(v.get("setup_seconds") or 0.0 for v in ev) + sum(v.get("seconds") or 0.0 for v in ev)
+    return out
+
+
+def section(result: dict, full_steps: int) -> str:
+    """Markdown: the jobs' phases side by side, the ratio, and (for a shortened run) the ratio extrapolated to
+    ``full_steps`` (the per-step cost times the missing steps added to each job's wall time)."""
+    label = {j["label"]: j for j in result["jobs"]}
+    if not {"old", "new"} <= set(label):
+        return ""
+    ph = {k: phases(label[k]) for k in ("old", "new")}
+    commit = {k: result["summary"][k]["commit"][:7] for k in ("old", "new")}
+
+    def cell(x, unit="s"):
+        return "n/a" if x is None else (f"{x:,.3f} {unit}" if x < 10 else f"{x:,.1f} {unit}")
+
+    def ratio(a, b):
+        return "n/a" if a is None or b is None or a == 0 else f"{b / a:.3f}"
+
+    rows = [("whole job (wall)", "wall"), ("DAMSM pretraining", "text_encoder"), ("one training step", "step"),
+            ("evaluation (classifier set-up included)", "evaluation")]
+    lines = [f"| phase | {commit['old']} | {commit['new']} | new / old |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {cell(ph['old'][k])} | {cell(ph['new'][k])} | {ratio(ph['old'][k], ph['new'][k])} |"
+              for name, k in rows]
+    steps = ph["new"]["steps"] or ph["old"]["steps"]
+    cmd = ["python benchmarks/default_run_side_by_side.py", "--old", commit["old"], "--new", commit["new"],
+           "--mode", result["mode"], *(["--threads", str(result["threads"])] if result.get("threads") else []),
+           *(o for o in result["overrides"] if not o.startswith("train.threads="))]
+    text = (f"`{' '.join(cmd)}`"
+            + f" ({result['mode']}: {'both jobs at once' if result['mode'] == 'parallel' else 'ABBA, one at a time'};"
+            f" load average {result['machine']['load_average_before'][0]:.1f} before, "
+            f"{result['machine']['load_average_after'][0]:.1f} after, on {result['machine']['cpu_count']} CPUs)\n\n"
+            + "\n".join(lines))
+    if steps and steps < full_steps and all(ph[k]["step"] and ph[k]["wall"] for k in ph):
+        full = {k: ph[k]["wall"] + (full_steps - steps) * ph[k]["step"] for k in ph}
+        text += (f"\n\nExtrapolated to {full_steps:,} steps: {full['old']:,.0f} s and {full['new']:,.0f} s, "
+                 f"new / old = {full['new'] / full['old']:.3f}.")
+    return text
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--old", default="a2d17fd")
@@ -162,7 +223,7 @@ def main(argv=None) -> dict:
         summary[label] = {"commit": shas[label], "wall_seconds": [r["wall_seconds"] for r in mine],
                           "attr_acc": [r.get("attr_acc") for r in mine], "fd_attr": [r.get("fd_attr") for r in mine]}
     ratio = (statistics.median(summary["new"]["wall_seconds"]) / statistics.median(summary["old"]["wall_seconds"]))
-    out = {"mode": a.mode, "threads": threads, "overrides": overrides, "python": a.python,
+    out = {"variant": a.variant, "mode": a.mode, "threads": threads, "overrides": overrides, "python": a.python,
            "machine": {"cpu_count": os.cpu_count(), "load_average_before": load_before,
                        "load_average_after": os.getloadavg()},
            "summary": summary, "wall_ratio_new_over_old": round(ratio, 3), "jobs": results}

@@ -295,6 +295,24 @@ METHOD = """\
 """
 
 
+def default_run_section(reports: Path) -> str:
+    """The README's main job side by side with an older commit's, from every
+    ``reports/default_run_side_by_side*.json`` (``benchmarks/default_run_side_by_side.py``)."""
+    from benchmarks.default_run_side_by_side import section
+    from dfgan.experiment import resolve_spec
+
+    parts = []
+    for path in sorted(reports.glob("default_run_side_by_side*.json")):
+        result = json.loads(path.read_text())
+        full_steps = resolve_spec(result.get("variant", "full")).train.steps
+        parts.append(f"From `{path.name}`: " + section(result, full_steps))
+    return ("## The default run against an older commit\n\nThe README's main job for two commits on one machine, "
+            "each from a clean export with an empty cache. Where its time goes and which levers were tried: "
+            "[issue15_cpu_measurements.md](issue15_cpu_measurements.md).\n\n"
+            + ("\n\n".join(parts) if parts else "Not measured yet: run `python benchmarks/"
+               "default_run_side_by_side.py`."))
+
+
 def write(json_path: Path, out: Path) -> str:
     data = json.loads(json_path.read_text())
     records = data.get("benchmarks", [])
@@ -319,6 +337,7 @@ def write(json_path: Path, out: Path) -> str:
         "Forward + backward of one block at a fixed channel width, per image; `cross_attention` is AttnGAN's "
         "word-region attention plus its joint conv.\n\n" + fusion_section(k, out.parent),
         "## Components\n\n" + components_section(k),
+        default_run_section(out.parent),
         METHOD,
     ]
     text = "\n\n".join(parts) + "\n"
