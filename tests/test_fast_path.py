@@ -215,28 +215,42 @@ def test_auto_precision_is_bf16_only_where_bf16_is_native(tmp_path, monkeypatch,
     assert res.info["speed"]["precision"] == want
 
 
-def test_parity_study_runs_both_arms_and_rewrites_its_section(tmp_path):
-    """The parity study on a tiny configuration: both arms x 2 seeds, summary, its section replaced (not
-    appended twice) in the Markdown report, the rest of the report kept."""
+def test_parity_study_runs_both_arms_and_rewrites_its_section(tmp_path, capsys):
+    """The parity study on a tiny configuration: two arms x 2 seeds, each arm's TOST against reference on the
+    paired seeds (recomputed here), its section replaced (not appended twice) in the Markdown report, the rest
+    of the report kept; bad margins and arms are refused before any run."""
     import json
+
+    import numpy as np
 
     from benchmarks.parity_study import main
     from benchmarks.report import PARITY_MARKER
+    from dfgan.reports.equivalence import Margin, equivalence
 
     md, js = tmp_path / "benchmarks.md", tmp_path / "parity.json"
     md.write_text("# Throughput benchmarks\n\nearlier content\n")
-    args = ["--seeds", "2", "--steps", "1", "--n-images", "16", "--out-dir", str(tmp_path / "runs"), "--json",
+    args = ["--seeds", "2", "--steps", "1", "--arms", "reference,fast", "--margin", "fd_attr=x1.5",
+            "--n-images", "16", "--out-dir", str(tmp_path / "runs"), "--json",
             str(js), "--md", str(md), "--quiet", "model.nf=4", "data.imsize=32", "data.n_train=64", "data.n_test=16",
             "model.text_encoder.pretrain_steps=1", "model.text_encoder.pretrain_batch_size=8", "train.batch_size=4"]
+    for bad, says in ((["--margin", "attr_acc=x0.5"], "> 1"), (["--arms", "reference,turbo"], "unknown turbo"),
+                      (["--metrics", "fd_attr", "kid1k_test_clean"], "no default margin")):
+        with pytest.raises(SystemExit):
+            main([*args, *bad])  # the last --arms / --metrics wins
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before any work
     assert main(args) == 0
     result = json.loads(js.read_text())
-    assert sorted((r["arm"], r["seed"]) for r in result["runs"]) == [("fast", 100), ("fast", 101), ("fp32", 100),
-                                                                      ("fp32", 101)]
+    assert sorted((r["arm"], r["seed"]) for r in result["runs"]) == [("fast", 100), ("fast", 101),
+                                                                      ("reference", 100), ("reference", 101)]
     assert {r["speed"]["fused_affine"] for r in result["runs"]} == {True, False}
-    for m in ("attr_acc", "fd_attr"):
-        s = result["summary"][m]
-        assert len(s["fp32"]["values"]) == 2 and s["diff_fast_minus_fp32"] == pytest.approx(
-            s["fast"]["mean"] - s["fp32"]["mean"])
+    value = {(r["arm"], r["seed"]): r["metrics"] for r in result["runs"]}
+    for m, margin in (("attr_acc", "0.02"), ("fd_attr", "x1.5")):
+        s = result["summary"][m]["fast"]
+        eq = equivalence(np.array([value["reference", k][m] for k in (100, 101)]),
+                         np.array([value["fast", k][m] for k in (100, 101)]), Margin.parse(margin))
+        assert s["n"] == 2 and s["verdict"] == eq.verdict and s["p_tost"] == pytest.approx(eq.p_tost)
+        assert s["estimate"] == pytest.approx(eq.shown(eq.diff))
     assert main(args) == 0  # resumes the finished runs, rewrites the section
     again = json.loads(js.read_text())  # with the training times measured when they were trained
     assert [r["train_seconds"] for r in again["runs"]] == [r["train_seconds"] for r in result["runs"]]
