@@ -195,7 +195,7 @@ def _cfg_id(c) -> str:
 
 def pytest_generate_tests(metafunc):
     """Parameters that depend on the profile or on what the registries hold when the suite runs."""
-    from dfgan.spec import variant_names
+    from dfgan.variants import variant_names
 
     p = profile_of(metafunc.config)
     table = {

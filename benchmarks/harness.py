@@ -30,8 +30,9 @@ from typing import Any
 import torch
 
 from dfgan.experiment import build_gan, build_regulariser, needs_words, resolve_spec
-from dfgan.spec import Spec, SpecError, load_spec
+from dfgan.spec import Spec, SpecError
 from dfgan.train.step import Stepper, apply_speed_options
+from dfgan.variants import load_spec
 
 ROOT_DIR = Path(__file__).resolve().parents[1]  # the repository root
 COND_DIM = 256  # DAMSM sentence/word vector size (official code/models/DAMSM.py:RNN_ENCODER)

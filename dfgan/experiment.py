@@ -30,7 +30,7 @@ import dfgan.nn.generators
 import dfgan.nn.heads
 import dfgan.nn.penalties
 import dfgan.nn.text_encoders  # noqa: F401
-from dfgan import runs
+from dfgan import runs, variants
 from dfgan import spec as spec_io
 from dfgan.data import builtin
 from dfgan.data.builtin import ALWAYS_NAMED
@@ -150,7 +150,7 @@ def spec_from_dict(d: dict[str, Any]) -> Spec:
 def resolve_spec(variant: str | None = None, spec_file: str | Path | None = None,
                  overrides: list[str] | None = None) -> Spec:
     """A named variant (default ``full``) or a spec file, then dotted overrides; validated and checked."""
-    spec = spec_io.load_spec(variant, spec_file, overrides)
+    spec = variants.load_spec(variant, spec_file, overrides)
     check_spec(spec)
     return spec
 

@@ -63,7 +63,7 @@ def attention_parameters(spec) -> int:
 
 def rows(nf: int, imsize: int) -> list[dict]:
     from dfgan.experiment import resolve_spec, spec_nop
-    from dfgan.spec import variant_names
+    from dfgan.variants import variant_names
 
     listed = [v for _, vs in GROUPS for v in vs]
     extra = [v for v in variant_names() if v not in listed]

@@ -22,7 +22,7 @@ import torch
 from dfgan import runs
 from dfgan.cli import main
 from dfgan.experiment import resolve_spec, run_folder
-from dfgan.spec import SpecError, load_spec
+from dfgan.spec import SpecError
 from dfgan.studies import runner
 from dfgan.studies.definition import adhoc_definition
 from dfgan.studies.runner import load_or_create_study
@@ -31,6 +31,7 @@ from dfgan.tracking import Tracker, setup
 from dfgan.train import loop
 from dfgan.train.loop import train
 from dfgan.train.step import NonFiniteLossError, Stepper
+from dfgan.variants import load_spec
 from tests.conftest import tiny_overrides
 
 

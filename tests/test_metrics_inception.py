@@ -202,7 +202,7 @@ def test_inception_score_is_refused_before_any_image_without_logits(tmp_path, wh
     from dfgan.data.builtin import BuiltinDataset
     from dfgan.metrics import evaluate as ev
     from dfgan.metrics.features import check_outputs
-    from dfgan.spec import load_spec
+    from dfgan.variants import load_spec
     from tests.conftest import tiny_overrides
 
     with pytest.raises(fidlib.InceptionLogitsMissing, match="no classification layer.*inception-2015-12-05.pt"):

@@ -1,7 +1,8 @@
 import pytest
 
 from dfgan.experiment import resolve_spec, run_hash, run_identity
-from dfgan.spec import SpecError, variant_names
+from dfgan.spec import SpecError
+from dfgan.variants import variant_names
 
 
 def test_full_variant_is_dfgan():

@@ -12,7 +12,8 @@ import pytest
 from dfgan.data import builtin as B
 from dfgan.data.vocab import TOKENIZER_VERSION, Vocab, tokenize
 from dfgan.experiment import resolve_spec
-from dfgan.spec import TOKENISATION, load_spec
+from dfgan.spec import TOKENISATION
+from dfgan.variants import load_spec
 
 
 @pytest.mark.parametrize("caption,tokens", [

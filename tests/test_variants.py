@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from dfgan.experiment import build_gan, build_regulariser, resolve_spec
-from dfgan.spec import REPO_ROOT, SpecError, flatten, variant_names
+from dfgan.spec import REPO_ROOT, SpecError, flatten
 from dfgan.train.step import Stepper
+from dfgan.variants import variant_names
 
 TABLE2_ROWS = ["baseline", "baseline_onestage", "baseline_onestage_magp", "baseline_onestage_magp_oneway", "full"]
 # what each row adds to the previous one (DF-GAN Table 2 order: One-Stage, MA-GP, One-Way Output, DFBlock)

@@ -116,7 +116,7 @@ def _variants_args(p):
 
 def _variants(args) -> int:
     from dfgan.experiment import resolve_spec, spec_nop
-    from dfgan.spec import variant_names
+    from dfgan.variants import variant_names
 
     rows = []
     for name in variant_names():

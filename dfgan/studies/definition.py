@@ -24,18 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dfgan.spec import (
-    ABLATIONS_DIR,
-    Spec,
-    SpecError,
-    apply_overrides,
-    flatten,
-    format_validation_error,
-    from_dict,
-    read_yaml,
-    variant_dict,
-    variant_path,
-)
+from dfgan.spec import Spec, SpecError, flatten, format_validation_error, from_dict
+from dfgan.variants import ABLATIONS_DIR, apply_overrides, read_yaml, variant_dict, variant_path
 
 STUDIES_DIR = ABLATIONS_DIR / "studies"
 DEFAULT_STUDY = "claims"  # what `dfgan ablate` runs with no variant: the paper's four claims, 5 seeds each

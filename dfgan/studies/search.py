@@ -30,7 +30,7 @@ from typing import Any
 from dfgan.experiment import check_spec, resolve_spec, run_hash
 from dfgan.metrics.registry import on_split
 from dfgan.registry import RegistryError
-from dfgan.spec import VARIANTS_DIR, SpecError, apply_overrides, flatten
+from dfgan.spec import SpecError, flatten
 from dfgan.studies.definition import Cell, base_spec, cell_spec
 from dfgan.studies.ledger import Heartbeat, cell_states, fail_stale_trials, set_error, worker_identity
 from dfgan.studies.mlflow_glue import InvocationRun, cell_metrics, cell_tags, mark_runs
@@ -39,6 +39,7 @@ from dfgan.studies.runner import TRACEBACK_LINES, echo_line, load_or_create_stud
 from dfgan.studies.storage import default_storage_url, describe_storage, open_storage
 from dfgan.tracking import Tracker, resolve_uri
 from dfgan.train import loop
+from dfgan.variants import VARIANTS_DIR, apply_overrides
 
 DISTRIBUTIONS = {
     "uniform": "uniform(low, high): a float",
