@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 from dfgan.experiment import resolve_spec, run_hash
 from dfgan.spec import SpecError
 from dfgan.studies.definition import adhoc_definition, load_study_definition, parse_seeds, resolve_seeds
-from dfgan.studies.runner import _grid_sampler_class, plan_study, run_study, study_status
+from dfgan.studies.grid_sampler import grid_sampler_class
+from dfgan.studies.runner import plan_study, run_study, study_status
 from dfgan.studies.search import parse_params, run_search
 from dfgan.studies.storage import describe_storage, open_storage
 from dfgan.train import loop
@@ -319,10 +320,34 @@ def test_grid_cells_are_handed_out_seed_major():
     stopped part-way has whole seeds to pair; the grid is still handed out once each."""
     labels, seeds = ["full", "stacked", "no_magp"], [100, 101, 102]
     space = {"variant@g": labels, "seed@g": seeds}
-    study = optuna.create_study(sampler=_grid_sampler_class()(space, order=["seed@g", "variant@g"]))
+    study = optuna.create_study(sampler=grid_sampler_class()(space, order=["seed@g", "variant@g"]))
     got = []
     for _ in range(len(labels) * len(seeds)):
         t = study.ask()
         got.append((t.suggest_categorical("seed@g", seeds), t.suggest_categorical("variant@g", labels)))
         study.tell(t, 0.0)
     assert got == [(s, v) for s in seeds for v in labels]
+
+
+def test_requeued_cells_do_not_push_the_grid_order_on():
+    """A cell re-queued by the runner (enqueue_trial: a trial number, no grid id) comes first and the fresh cells
+    go on in plan order: Optuna's own rule (trial k gets grid id k) skipped one grid point per re-queue."""
+    labels, seeds = ["full", "stacked"], [100, 101, 102]
+    space = {"variant@g": labels, "seed@g": seeds}
+    study = optuna.create_study(sampler=grid_sampler_class()(space, order=["seed@g", "variant@g"]))
+
+    def take():
+        t = study.ask()
+        return t, (t.suggest_categorical("seed@g", seeds), t.suggest_categorical("variant@g", labels))
+
+    t0, first = take()
+    study.tell(t0, 0.0)
+    t1, second = take()
+    study.tell(t1, state=TrialState.FAIL)  # a worker died: the runner re-queues the cell
+    study.enqueue_trial({"variant@g": "stacked", "seed@g": 100})
+    got = [take() for _ in range(len(labels) * len(seeds) - 1)]
+    for t, _ in got:
+        study.tell(t, 0.0)
+    assert [first, second, *(c for _, c in got)] == [
+        (100, "full"), (100, "stacked"), (100, "stacked"), (101, "full"), (101, "stacked"), (102, "full"),
+        (102, "stacked")]

@@ -36,6 +36,7 @@ from dfgan.studies.definition import (
     grid_hash,
     resolve_seeds,
 )
+from dfgan.studies.grid_sampler import grid_param_names, grid_sampler_class
 from dfgan.studies.ledger import (
     Heartbeat,
     cell_states,
@@ -134,34 +135,6 @@ def plan_study(definition: StudyDefinition, *, name: str | None = None, seeds: i
         seen.setdefault(e.hash, e.key)
     grid = grid_hash([(e.cell.label, e.seed, e.hash) for e in entries])
     return StudyPlan(name, definition, common, seed_list, entries, grid, base.train.out_dir, warnings)
-
-
-def grid_param_names(grid: str) -> tuple[str, str]:
-    """The Optuna parameter names of one grid's axes: (variant, seed)."""
-    return f"variant@{grid}", f"seed@{grid}"
-
-
-def _grid_sampler_class():
-    import optuna
-
-    class CellGridSampler(optuna.samplers.GridSampler):
-        """Optuna's grid sampler without its own stopping rule: the runner decides when the grid is done
-        (the stock rule calls ``study.stop()``, which ask/tell does not allow, and stops before re-queued
-        cells have run)."""
-
-        def __init__(self, search_space, order: list[str]) -> None:
-            super().__init__(search_space)
-            # the grid in plan order (seed-major: every arm of one seed before the next seed), not Optuna's
-            # shuffle: a study stopped part-way then has whole seeds, i.e. paired differences, to report
-            names = self._param_names
-            rank = [{v: i for i, v in enumerate(search_space[n])} for n in names]
-            pos = [names.index(n) for n in order]
-            self._all_grids.sort(key=lambda g: tuple(rank[p][g[p]] for p in pos))
-
-        def after_trial(self, study, trial, state, values) -> None:
-            return None
-
-    return CellGridSampler
 
 
 class _QuietGridWarning(logging.Filter):
@@ -272,7 +245,7 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
 
     p_variant, p_seed = grid_param_names(plan.grid)
     space = {p_variant: plan.labels, p_seed: plan.seeds}
-    sampler = _grid_sampler_class()(space, order=[p_seed, p_variant])
+    sampler = grid_sampler_class()(space, order=[p_seed, p_variant])
     study = load_or_create_study(plan.name, open_storage(storage_url), kind="grid", sampler=sampler,
                                  direction=plan.definition.direction)
     study.set_user_attr(f"grid.{plan.grid}", {"overrides": plan.overrides, "seeds": plan.seeds,
