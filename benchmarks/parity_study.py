@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.harness import SPEEDS  # noqa: E402
 from benchmarks.report import PARITY_MARKER, md_table  # noqa: E402
+from dfgan.fingerprint import CODE  # noqa: E402
 from dfgan.reports.equivalence import Margin, equivalence  # noqa: E402
 
 BASE_ARM = "reference"
@@ -189,13 +190,6 @@ def _margins(items: list[str], metrics: list[str], ap: argparse.ArgumentParser) 
     return out
 
 
-def _commit() -> str | None:
-    import subprocess
-
-    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return r.stdout.strip() or None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -240,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.n_images, not args.quiet))
     result = {"variant": args.variant, "steps": args.steps, "seeds": seeds, "arms": arms, "metrics": args.metrics,
               "margins": {m: str(v) for m, v in margins.items()}, "overrides": args.overrides, "argv": argv,
-              "note": args.note, "skipped": skipped, "commit": _commit(),
+              "note": args.note, "skipped": skipped, "commit": CODE.label,
               "date": dt.datetime.now().isoformat(timespec="seconds"),
               "runs": runs, "summary": summarise(runs, arms, margins)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
