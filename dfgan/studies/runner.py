@@ -17,7 +17,6 @@ ask/tell:
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import traceback
@@ -137,18 +136,10 @@ def plan_study(definition: StudyDefinition, *, name: str | None = None, seeds: i
     return StudyPlan(name, definition, common, seed_list, entries, grid, base.train.out_dir, warnings)
 
 
-class _QuietGridWarning(logging.Filter):
-    """Optuna warns when the grid hands out an already-started point; the runner detects and skips those."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "re-evaluating a configuration" not in record.getMessage()
-
-
 def load_or_create_study(name: str, storage, *, kind: str, sampler, direction: str, pruner=None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("optuna.samplers._grid").addFilter(_QuietGridWarning())
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction=direction,
                                 pruner=pruner, load_if_exists=True)
     existing = study.user_attrs.get(KIND_ATTR)
