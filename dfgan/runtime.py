@@ -5,13 +5,15 @@ in force: glibc's default ``malloc`` trims and ``mmap``s the large blocks of a P
 step, which made DF-GAN's 256 px step about twice as slow and far noisier on the 2-core machines here
 (measured with ``benchmarks/``). ``dfgan`` re-execs itself with ``MALLOC_ENV`` (``dfgan.cli.main``), nox sets
 it for its sessions; this module reports what is actually in force, including a preloaded
-jemalloc/tcmalloc/mimalloc, and chooses the device a run uses.
+jemalloc/tcmalloc/mimalloc, chooses the device a run uses, and says how the process takes a stop signal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+from collections.abc import Iterator
 from typing import Any
 
 ALLOCATOR_ENV_PREFIXES = ("MALLOC_", "JE_MALLOC", "TCMALLOC_", "MIMALLOC_")
@@ -133,3 +135,34 @@ def sigterm_as_interrupt() -> None:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
     signal.signal(signal.SIGTERM, _raise)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while the block runs; one that arrives meanwhile is delivered (to the handler
+    that was in place) when the block ends, a second one interrupts at once. For writes that must not stop
+    half-way: a ``KeyboardInterrupt`` raised inside an SQLAlchemy transaction on an SQLite tracking store
+    leaves the file locked for the rest of the process, so the run could no longer be marked KILLED and each
+    later write waited out SQLite's lock timeout. Only from the main thread (elsewhere it holds nothing)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def _hold(signum, frame):
+        if caught:  # a second one: the user means it
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        caught.append(signum)
+
+    held = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.signal(s, _hold) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])

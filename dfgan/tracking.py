@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dfgan import fingerprint
+from dfgan.runtime import signals_held
 from dfgan.spec import BUILTIN_ONLY_DATA_FIELDS
 from dfgan.tracking_buffer import RunWriter, TrackingError, shorten_http_retries
 
@@ -147,7 +148,8 @@ class Tracker:
         if not self.enabled:
             return None
         try:
-            run_id, reopened = self._open(spec, run_id)
+            with signals_held():  # a stop signal now is taken once the run exists, which then ends KILLED
+                run_id, reopened = self._open(spec, run_id)
         except TrackingError:
             raise
         except Exception as e:  # unreachable server, a full disk under a SQLite file, a bad URI, ...

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dfgan.runtime import signals_held
+
 RETRY_EVERY_S = 15.0
 SPOOL_AFTER_S = 120.0
 MAX_BUFFERED = 20000
@@ -178,7 +180,13 @@ class RunWriter:
         return self._logged[key]
 
     def send(self, op: dict[str, Any]) -> None:
-        """One operation to the store, now (raises what the store raises)."""
+        """One operation to the store, now (raises what the store raises). A Ctrl-C or SIGTERM that arrives
+        meanwhile waits until the write is done (``dfgan.runtime.signals_held``): stopped half-way, a write to
+        an SQLite store leaves it locked, and the run could not be marked KILLED."""
+        with signals_held():
+            self._send(op)
+
+    def _send(self, op: dict[str, Any]) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         kind, run = op["op"], self.run_id

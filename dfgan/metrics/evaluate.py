@@ -55,6 +55,7 @@ from dfgan.noise import truncated_noise
 from dfgan.profile import NO_PROFILE
 from dfgan.progress import progress_bar
 from dfgan.registry import DATASETS
+from dfgan.runtime import signals_held
 
 EVAL_SEED = 0  # noise of the generated images and R-precision candidates
 JSONL = "metrics.jsonl"
@@ -109,8 +110,9 @@ class ClientSink:
         from mlflow.entities import Metric, RunTag
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()],
-                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with signals_held():  # not stopped half-way (see dfgan.tracking_buffer.RunWriter.send)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()],
+                                  tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 # ---- generation ---------------------------------------------------------------------------------------------------
