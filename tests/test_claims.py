@@ -23,8 +23,10 @@ from dfgan.reports.claims import (
     judge,
     orientation,
     t_test,
+    table_claims,
 )
 from dfgan.reports.stats import mde
+from dfgan.reports.tables import _difference_notes
 from dfgan.studies.definition import load_study_definition
 from tests.test_report import _log
 
@@ -150,7 +152,8 @@ def test_claims_report_verdicts_and_numbers(claims_study):
     reversed_mean = (_final("full") - _final("two_way")).mean()
     assert t.loc["one_way", "Δ in the paper's favour [95% CI]"].startswith(f"{reversed_mean:+.3g} [-")
     notes = " ".join(rep.tables["claims"].notes)
-    assert "Holm-adjusted across the 4 claim(s)" in notes and "can never reach 0.05" in notes
+    assert "Holm-adjusted across the 4 claim(s) of this table that have a test" in notes
+    assert "can never reach 0.05" in notes
 
     cost = rep.tables["claims_cost"].frame.set_index("claim")
     assert cost.loc["one_stage", "NoP, study size"] == "100,000 vs 200,000 (0.50x)"
@@ -197,3 +200,13 @@ def test_curves_of_a_study_part_way_through(tmp_path):
                          "step": [1500, 3000, 4500, 6000], "value": [0.5, 0.7, 0.8, 0.9], "run_id": ["r"] * 4})
     t = ClaimTest("one_stage", "s", "full", "stacked", "attr_acc", None)
     assert figure_curves([t], hist, tmp_path / "c.png").stat().st_size > 0
+
+
+def test_notes_say_when_no_claim_has_a_test_yet():
+    """One seed per arm (a study's first cells): the notes say no claim has a test, not 'across the 0 claims'."""
+    tests = [ClaimTest(k, "s", "full", arm, "attr_acc", None) for k, arm in [("a", "stacked"), ("b", "two_way")]]
+    notes = " ".join(table_claims(tests, "claims").notes)
+    assert "none yet: a test needs at least 2 seeds of both rows" in notes and "across the 0" not in notes
+    diff_notes = " ".join(_difference_notes([], 0, ["attr_acc"], "full", "attr_acc (higher is better)", False,
+                                            "t"))
+    assert "Holm p: no test yet" in diff_notes and "over the 0 distinct tests" not in diff_notes

@@ -16,7 +16,7 @@ text-image consistency, Sec. 3.2.1; the DFBlock beats cross-modal attention at l
 - the cost side: NoP at the study's size (the runs' tags) and at the paper's 256 px (``spec_nop``), training and
   sampling throughput of the same variants from the benchmark records;
 - the difference at every periodic evaluation (does the ranking hold across budgets?), a curves figure, and the
-  sample grids of one seed per row (the same captions and noise in every run: ``dfgan.train.loop.SampleGrid``).
+  sample grids of one seed per row (the same captions and noise in every run: ``dfgan.train.samples.SampleGrid``).
 """
 
 from __future__ import annotations
@@ -160,8 +160,10 @@ def table_claims(tests: list[ClaimTest], study: str) -> Table:
         "Δ = paper row - arm row, per seed where both rows ran the same seeds (paired: same data order, same "
         "noise per step; else Welch), with the sign flipped for lower-is-better metrics, so Δ > 0 is always in "
         f"the paper's favour. {int(CONFIDENCE * 100)}% Student-t interval of the mean Δ, each on its own.",
-        f"Verdict: from the t test whose interval is shown (paired t; Welch where the seeds differ), Holm-adjusted "
-        f"across the {m} claim(s) of this table: {SUPPORTED} = adjusted p < {ALPHA:.2g} and Δ > 0; {CONTRADICTED} "
+        "Verdict: from the t test whose interval is shown (paired t; Welch where the seeds differ), Holm-adjusted "
+        + (f"across the {m} claim(s) of this table that have a test" if m else
+           "across the claims that have a test (none yet: a test needs at least 2 seeds of both rows)")
+        + f": {SUPPORTED} = adjusted p < {ALPHA:.2g} and Δ > 0; {CONTRADICTED} "
         f"= adjusted p < {ALPHA:.2g} and Δ < 0; otherwise {INCONCLUSIVE}, with the MDE: the true Δ this test "
         f"finds with {POWER:.0%} power at the strictest Holm level ({ALPHA:.2g}/{max(m, 1)}) and the observed seed "
         "SD. An inconclusive claim is not evidence that the rows are equal. The t test assumes roughly normal "
@@ -383,7 +385,7 @@ def claims_report(data: StudyData, definition, primary: str, folder: Path, bench
     part.files += grids
     if grids:
         part.notes.append("Sample grids (figures/samples_<row>_seed<seed>.png): the last step of one seed per row; "
-                          "every run renders the same captions with the same noise (dfgan.train.loop.SampleGrid).")
+                          "every run renders the same captions with the same noise (dfgan.train.samples.SampleGrid).")
     if missing:
         part.notes.append("No sample grid for: " + "; ".join(missing))
     return part

@@ -200,8 +200,9 @@ def _difference_notes(family: list[Diff], n_tests: int, metrics: list[str], refe
              f"{int(CONFIDENCE * 100)}% intervals, each on its own (not simultaneous): {_how(family)}. "
              f"n = paired seeds (Welch: seeds of the row + of the other). MDE = the true difference a two-sided "
              f"t-test at {ALPHA:.2g} finds with {POWER:.0%} power at the observed seed SD (noncentral t).",
-             f"Holm p: Holm's adjustment over the {n_tests} distinct tests of this table (every metric and "
-             "column; a step to or from the reference is the same test as its comparison with it). "
+             (f"Holm p: Holm's adjustment over the {n_tests} distinct tests of this table (every metric and "
+              "column; a step to or from the reference is the same test as its comparison with it). "
+              if n_tests else "Holm p: no test yet (each needs at least 2 seeds of both rows). ") +
              f"{SIG_MARK} = Holm p < {ALPHA:.2g} where the test can reach that level. Readings: difference = "
              "marked; no detectable difference = not marked although the test could reach the level: a true "
              "difference below the MDE would often be missed, so this is not evidence that the rows are equal; "
