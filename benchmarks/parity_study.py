@@ -62,8 +62,9 @@ def arm_overrides(arm: str) -> list[str]:
 def run_one(variant: str, arm: str, seed: int, steps: int, overrides: list[str], out_dir: Path,
             metrics: list[str], n_images: int | None, progress: bool) -> dict[str, Any]:
     """Train (or resume) one (arm, seed) run and evaluate it; returns its record."""
-    from dfgan.experiment import resolve_spec, run_folder, run_hash
+    from dfgan.experiment import resolve_spec
     from dfgan.metrics.evaluate import EvalOptions
+    from dfgan.run_identity import run_folder, run_hash
     from dfgan.runs import FINAL_WEIGHTS
     from dfgan.tracking import Tracker
     from dfgan.train.loop import train

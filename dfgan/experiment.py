@@ -1,8 +1,8 @@
 """From a spec to a live experiment: the one place that imports every registered component.
 
 ``resolve_spec`` reads and checks a spec (schema, then ``check_spec`` against the registries: every unknown name
-or incompatible choice is listed with its field before any work). ``run_identity`` / ``run_hash`` say which
-experiment a run is (the spec's experiment fields plus what only the data knows). ``build_gan``,
+or incompatible choice is listed with its field before any work); which experiment a run is, is
+``dfgan.run_identity``'s. ``build_gan``,
 ``build_regulariser``, ``build_dataset`` and ``build_conditioning`` make the live parts; ``rebuild_run`` makes
 them again from a run folder. Training, evaluation, sampling and benchmarks all assemble through here.
 """
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 # every module that registers components, so that the registries are complete
@@ -32,7 +31,6 @@ import dfgan.nn.penalties
 import dfgan.nn.text_encoders  # noqa: F401
 from dfgan import runs, variants
 from dfgan import spec as spec_io
-from dfgan.data import builtin
 from dfgan.data.builtin import ALWAYS_NAMED
 from dfgan.data.check import check_text_encoder_vocab
 from dfgan.data.errors import EmptyDatasetError
@@ -56,7 +54,7 @@ from dfgan.registry import (
     RegistryError,
 )
 from dfgan.runtime import pick_device
-from dfgan.spec import BUILTIN_ONLY_DATA_FIELDS, Spec, SpecError
+from dfgan.spec import Spec, SpecError
 from dfgan.text.encoders import TextConditioner, cache_path, load_text_encoder
 
 NEEDS = {"words": "word embeddings"}  # what a requires/provides token means, for messages
@@ -153,91 +151,6 @@ def resolve_spec(variant: str | None = None, spec_file: str | Path | None = None
     spec = variants.load_spec(variant, spec_file, overrides)
     check_spec(spec)
     return spec
-
-
-# ---- identity -----------------------------------------------------------------------------------------------------
-
-
-def dataset_hash(spec: Spec) -> str:
-    """The content hash of the data ``spec`` reads (its datasets' ``content_hash``), without building a dataset:
-    the built-in data's from its generation parameters, a real dataset's from its loader's scan
-    (``dfgan.data.identity.data_summary``: no image decoded, one scan per process)."""
-    if spec.data.name == "builtin":
-        return builtin.content_hash_of(builtin.generation_params(spec.data))
-    return data_summary(spec.data).content_hash
-
-
-def run_identity(spec: Spec) -> dict[str, Any]:
-    """What makes two runs the same experiment: the spec's experiment fields (``Spec.experiment_dict``) plus the
-    data's own identity. For the built-in data that is its ``GENERATOR_VERSION`` (a new version of the generated
-    data is a new experiment, so a study never reuses cells trained on older data). For a real dataset it is
-    its content hash (``dataset_hash``: loader, image size, image limit, vocabulary, captions, each image file's
-    name, size and modification time), so the same spec on two folders is two runs, in two run folders and two
-    study cells, while ``data.root`` itself is not part of it (a moved folder is the same data); the built-in
-    data's own fields (``BUILTIN_ONLY_DATA_FIELDS``) are left out. Raises the loader's error when the data is
-    not there: a run on real data has no identity without it."""
-    d = spec.experiment_dict()
-    if spec.data.name == "builtin":
-        d["data"]["generator_version"] = builtin.GENERATOR_VERSION
-    else:
-        for k in BUILTIN_ONLY_DATA_FIELDS:
-            d["data"].pop(k)
-        d["data"]["content_hash"] = dataset_hash(spec)
-    return d
-
-
-def run_hash(spec: Spec) -> str:
-    """The run's 16-hex-digit identity: names its folder, its study cell and its checkpoints."""
-    return spec_io.hash_identity(run_identity(spec))
-
-
-def run_folder(spec: Spec) -> Path:
-    return runs.run_dir(spec.train.out_dir, spec.name, run_hash(spec))
-
-
-def data_label(data: dict[str, Any], content_hash: str | None) -> str:
-    """``"folder data at /x (content hash ...)"`` from a spec's ``data`` section, for messages."""
-    where = f" at {data.get('root')}" if data.get("root") else ""
-    return f"{data.get('name')} data{where} (content hash {content_hash or 'not recorded'})"
-
-
-def check_same_data(saved: dict[str, Any], spec: Spec, path, action: str) -> None:
-    """Refuse (``CheckpointMismatchError``) to ``action`` (e.g. "resume it") a checkpoint written on other data
-    than ``spec`` reads, naming both datasets. A checkpoint without a recorded dataset hash passes."""
-    recorded, now = saved.get("dataset_hash"), dataset_hash(spec)
-    if not recorded or recorded == now:
-        return
-    then = data_label((saved.get("spec") or {}).get("data") or {}, recorded)
-    raise runs.CheckpointMismatchError(
-        f"checkpoint {path} was trained on {then}; this spec reads {data_label(spec.to_dict()['data'], now)}: "
-        f"refusing to {action}")
-
-
-def refuse_resume_on_other_data(spec: Spec) -> None:
-    """``--resume`` when the run folder of ``spec`` holds no checkpoint but a run of the same spec on other data
-    does (same experiment fields, other data identity: another folder, or the data changed): refuse, naming both
-    datasets, instead of silently starting a new run. Read from the run folders' ``spec.yaml``."""
-    here = run_folder(spec)
-    if (here / runs.CHECKPOINT).exists():
-        return
-    mine = spec.experiment_dict()
-    for other in sorted(Path(spec.train.out_dir).glob(f"{spec.name}-*")):
-        if other == here or not (other / runs.CHECKPOINT).is_file() or not (other / "spec.yaml").is_file():
-            continue
-        try:
-            theirs = spec_io.from_dict(yaml.safe_load((other / "spec.yaml").read_text()))
-        except (OSError, ValueError, yaml.YAMLError):
-            continue  # not a run of this version's specs
-        if theirs.experiment_dict() != mine:
-            continue
-        saved = runs.load_checkpoint(other / runs.CHECKPOINT)
-        now = data_label(spec.to_dict()["data"], dataset_hash(spec))
-        then = data_label(theirs.to_dict()["data"], saved.get("dataset_hash"))
-        raise runs.CheckpointMismatchError(
-            f"--resume: {here} holds no checkpoint of this spec on {now}, but {other} holds one (step "
-            f"{saved.get('step')}) of the same spec on {then}. To continue that run, point data.root at its data; "
-            "to train on this data from the start, drop --resume (if it is the same data copied elsewhere, its "
-            "file sizes or times changed: copy with times kept, e.g. cp -p or rsync -a)")
 
 
 # ---- the data, checked against the spec ---------------------------------------------------------------------

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from dfgan.data.errors import DataError, MissingDataError
 from dfgan.data.identity import vocab_hash
-from dfgan.experiment import build_dataset, run_hash
+from dfgan.experiment import build_dataset
+from dfgan.run_identity import run_hash
 from dfgan.runs import atomic_torch_save, atomic_write_text
 from dfgan.runtime import pick_device
 from dfgan.text.encoders import TEXT_ENCODER_FILE, image_encoder_beside

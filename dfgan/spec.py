@@ -5,7 +5,7 @@ A spec is read from YAML (a variant under ``ablations/variants`` is a small over
 validated once: unknown keys are errors and values are typed. This module imports no other dfgan module:
 checking the component names against the registries, and what each component requires, is
 ``dfgan.experiment.check_spec`` (``dfgan.experiment.resolve_spec`` does both), and a run's identity adds what
-only the data knows (``dfgan.experiment.run_identity``). The resolved spec and its hash are stored with every run.
+only the data knows (``dfgan.run_identity.run_identity``). The resolved spec and its hash are stored with every run.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ class Spec(_Strict):
 
     def experiment_dict(self) -> dict[str, Any]:
         """What the spec says defines the experiment: everything except where/how it is run and logged.
-        A run's identity adds the data's own (``dfgan.experiment.run_identity``)."""
+        A run's identity adds the data's own (``dfgan.run_identity.run_identity``)."""
         d = self.to_dict()
         d.pop("name"), d.pop("description"), d.pop("tracking")
         for k in ("device", "num_workers", "log_every", "sample_every", "checkpoint_every", "out_dir", "threads",

@@ -11,14 +11,16 @@ from typing import Any
 import torch
 
 from dfgan.data.user_captions import caption_batch, read_caption_file
-from dfgan.experiment import rebuild_run, run_hash
+from dfgan.experiment import rebuild_run
 from dfgan.images import last_stage, save_caption_grid
-from dfgan.metrics.evaluate import ClientSink, EvalOptions, evaluate
+from dfgan.metrics.evaluate import EvalOptions, evaluate
 from dfgan.metrics.fid import InceptionWeightsMissing, inception_weights
 from dfgan.metrics.nop import nop_report
 from dfgan.metrics.registry import METRICS, for_split
 from dfgan.metrics.registry import metrics as metric_defs
+from dfgan.metrics.sinks import ClientSink
 from dfgan.noise import truncated_noise
+from dfgan.run_identity import run_hash
 from dfgan.spec import AUTO_METRICS
 from dfgan.text.image_encoders import efficientnet_lite0_weights_path
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dfgan.data.order import paired_permutation
-from dfgan.experiment import resolve_spec, run_hash
+from dfgan.experiment import resolve_spec
+from dfgan.run_identity import run_hash
 from dfgan.spec import SpecError
 from dfgan.train.batches import BatchPlan
 

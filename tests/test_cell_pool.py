@@ -7,9 +7,9 @@ import mlflow
 import optuna
 import pytest
 
-from dfgan.experiment import run_hash
 from dfgan.reports.build import build_report
 from dfgan.reports.collect import collect
+from dfgan.run_identity import run_hash
 from dfgan.studies.definition import StudyDefinition, load_study_definition
 from dfgan.studies.ledger import worker_identity
 from dfgan.studies.pool import POOL_ATTR, find_in_pool

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from dfgan.experiment import build_gan, build_regulariser, resolve_spec, run_hash
+from dfgan.experiment import build_gan, build_regulariser, resolve_spec
 from dfgan.nn.fusion import CA_DIM, ConditioningAugmentation, SentenceInput
+from dfgan.run_identity import run_hash
 from dfgan.train.step import Stepper
 
 COND, WORD, Z, T = 12, 10, 8, 18

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from dfgan import runs
-from dfgan.experiment import resolve_spec, run_folder
+from dfgan.experiment import resolve_spec
+from dfgan.run_identity import run_folder
 from dfgan.train.batches import BatchPlan
 from tests.conftest import tiny_overrides
 

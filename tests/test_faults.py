@@ -21,7 +21,8 @@ import torch
 
 from dfgan import runs, runtime
 from dfgan.cli import main
-from dfgan.experiment import resolve_spec, run_folder
+from dfgan.experiment import resolve_spec
+from dfgan.run_identity import run_folder
 from dfgan.spec import SpecError
 from dfgan.studies import runner
 from dfgan.studies.definition import adhoc_definition

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dfgan.cli import main
-from dfgan.experiment import check_spec, resolve_spec, run_hash
+from dfgan.experiment import check_spec, resolve_spec
+from dfgan.run_identity import run_hash
 from dfgan.spec import SpecError
 from dfgan.tracking import Tracker
 from dfgan.train.loop import train

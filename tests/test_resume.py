@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from dfgan.experiment import build_dataset, resolve_spec, run_folder
+from dfgan.experiment import build_dataset, resolve_spec
 from dfgan.nn.text_encoders import DAMSMTextEncoder
+from dfgan.run_identity import run_folder
 from dfgan.runs import FINAL_RECORD, FINAL_WEIGHTS, KILL_ENV, TEMP_GLOB
 from dfgan.text.encoders import TextConditioner
 from dfgan.train.batches import BatchPlan, collate

@@ -12,7 +12,8 @@ import torch
 from dfgan import runs
 from dfgan.cli import main
 from dfgan.data.errors import EmptyDatasetError
-from dfgan.experiment import check_data, dataset_hash, resolve_spec, run_folder, run_hash, run_identity
+from dfgan.experiment import check_data, resolve_spec
+from dfgan.run_identity import dataset_hash, run_folder, run_hash, run_identity
 from dfgan.spec import SpecError
 from dfgan.tracking import Tracker
 from dfgan.train.loop import train

@@ -1,6 +1,7 @@
 import pytest
 
-from dfgan.experiment import resolve_spec, run_hash, run_identity
+from dfgan.experiment import resolve_spec
+from dfgan.run_identity import run_hash, run_identity
 from dfgan.spec import SpecError
 from dfgan.variants import variant_names
 

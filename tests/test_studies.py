@@ -13,7 +13,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from dfgan.experiment import resolve_spec, run_hash
+from dfgan.experiment import resolve_spec
+from dfgan.run_identity import run_hash
 from dfgan.spec import SpecError
 from dfgan.studies.definition import adhoc_definition, load_study_definition, parse_seeds, resolve_seeds
 from dfgan.studies.grid_sampler import grid_sampler_class

@@ -12,7 +12,8 @@ import pytest
 from dfgan import runs
 from dfgan import tracking_buffer as tb
 from dfgan.cli import main
-from dfgan.experiment import resolve_spec, run_folder
+from dfgan.experiment import resolve_spec
+from dfgan.run_identity import run_folder
 from dfgan.tracking import Tracker
 from dfgan.train.loop import train
 from dfgan.train.step import Stepper

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dfgan import runs
-from dfgan.experiment import resolve_spec, run_folder, run_hash, run_identity
+from dfgan.experiment import resolve_spec
+from dfgan.run_identity import run_folder, run_hash, run_identity
 from dfgan.runs import RunExistsError
 from dfgan.tracking import Tracker
 from dfgan.train.loop import train

@@ -64,7 +64,7 @@ def _train(args) -> int:
 
     spec = load_spec_from(args)
     if args.resume:  # a run of this spec on other data is never continued, nor silently started anew
-        from dfgan.experiment import refuse_resume_on_other_data
+        from dfgan.run_identity import refuse_resume_on_other_data
 
         refuse_resume_on_other_data(spec)
     tracker = Tracker.for_spec(spec, enabled=False if args.no_track else None, uri=args.tracking_uri)
@@ -141,7 +141,7 @@ def _spec_args(p):
 
 
 def _spec(args) -> int:
-    from dfgan.experiment import run_hash
+    from dfgan.run_identity import run_hash
 
     spec = load_spec_from(args)
     print(spec.to_yaml() + f"# hash: {run_hash(spec)}")

@@ -25,7 +25,6 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfgan.data.vocab import pad_caption
-from dfgan.images import last_stage, to_uint8
 from dfgan.metrics import fid as fidlib
 from dfgan.metrics import memorisation
 from dfgan.metrics.attributes import (
@@ -47,19 +44,16 @@ from dfgan.metrics.attributes import (
 )
 from dfgan.metrics.consistency import R_CANDIDATES, DAMSMImageExtractor, damsm_pair, r_precision, same_text_encoder
 from dfgan.metrics.features import Extractor, check_outputs, inception_extractor, reference_features
+from dfgan.metrics.generation import CAPTION_ORDER, EVAL_SEED, generate_images
 from dfgan.metrics.noise_draws import NOISE_DRAWS_RULE, combine_draws, draw_seeds
 from dfgan.metrics.proxy import EffNetLite0Extractor
 from dfgan.metrics.registry import MetricDef, for_split
 from dfgan.metrics.registry import metrics as metric_defs
-from dfgan.noise import truncated_noise
+from dfgan.metrics.sinks import TrackerSink
 from dfgan.profile import NO_PROFILE
-from dfgan.progress import progress_bar
 from dfgan.registry import DATASETS
-from dfgan.runtime import signals_held
 
-EVAL_SEED = 0  # noise of the generated images and R-precision candidates
 JSONL = "metrics.jsonl"
-CAPTION_ORDER = "image p % N with its caption (p // N) % K (image-major passes over the split's captions)"
 
 
 @dataclass
@@ -76,81 +70,6 @@ class EvalOptions:
     seed: int = EVAL_SEED
     progress: bool = False
     draws: int | None = None  # noise draws (seeds seed, seed + 1, ...); None = spec.eval.noise_draws
-
-
-# ---- where values go ---------------------------------------------------------------------------------------------
-
-
-class TrackerSink:
-    """Logs into the active MLflow run of a training ``Tracker``."""
-
-    def __init__(self, tracker):
-        self.tracker = tracker
-
-    def log(self, values: dict[str, float], tags: dict[str, str], step: int) -> None:
-        self.tracker.metrics(values, step)
-        self.tracker.tags(tags)
-
-
-class ClientSink:
-    """Logs into an existing MLflow run by id (without changing its status): ``dfgan eval`` on a finished run."""
-
-    def __init__(self, uri: str, run_id: str):
-        import mlflow
-
-        self.client = mlflow.tracking.MlflowClient(uri)
-        self.run_id, self.uri = run_id, uri
-        try:
-            self.client.get_run(run_id)
-        except Exception as e:  # mlflow raises MlflowException for a missing run
-            raise ValueError(f"MLflow run {run_id} (from the checkpoint) not found at {uri}: pass the tracking "
-                             f"URI the run was logged to with --tracking-uri ({type(e).__name__}: {e})") from None
-
-    def log(self, values: dict[str, float], tags: dict[str, str], step: int) -> None:
-        from mlflow.entities import Metric, RunTag
-
-        ts = int(time.time() * 1000)
-        with signals_held():  # not stopped half-way (see dfgan.tracking_buffer.RunWriter.send)
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()],
-                                  tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-
-# ---- generation ---------------------------------------------------------------------------------------------------
-
-
-def caption_plan(n_images: int, captions_per_image: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image index, caption index) of each of ``n`` generated images (see ``CAPTION_ORDER``)."""
-    p = np.arange(n)
-    return p % n_images, (p // n_images) % captions_per_image
-
-
-@torch.no_grad()
-def generate_images(generator, conditioner, dataset, n: int, batch_size: int, *, z_dim: int, truncation: float,
-                    device, seed: int = EVAL_SEED, progress: bool = False
-                    ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
-    """Yield (uint8 images (B, 3, H, W) on ``device``, image indices, caption indices) for ``n`` images."""
-    img_idx, cap_idx = caption_plan(len(dataset), dataset.captions_per_image, n)
-    noise = truncated_noise(n, z_dim, truncation, torch.Generator().manual_seed(seed))
-    was_training = generator.training
-    generator.eval()
-    bar = progress_bar(n, "generate", unit="img", leave=False) if progress else None
-    try:
-        for s in range(0, n, batch_size):
-            ii, jj = img_idx[s:s + batch_size], cap_idx[s:s + batch_size]
-            ids = [pad_caption(dataset.caption_ids(int(i), int(j))) for i, j in zip(ii, jj, strict=True)]
-            caps = torch.stack([c for c, _ in ids])
-            lens = torch.tensor([max(k, 1) for _, k in ids])
-            words, sent = conditioner.encode(caps, lens)
-            mask = (caps == 0).to(device)
-            z = noise[s:s + batch_size].to(device)
-            out = last_stage(generator(z, sent, words if conditioner.need_words else None, mask))
-            if bar is not None:
-                bar.update(len(ii))
-            yield to_uint8(out), ii, jj
-    finally:
-        generator.train(was_training)
-        if bar is not None:
-            bar.close()
 
 
 # ---- the evaluation -----------------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dfgan.experiment import check_data, check_spec, run_hash
+from dfgan.experiment import check_data, check_spec
 from dfgan.metrics.names import choose_metric
+from dfgan.run_identity import run_hash
 from dfgan.runs import check_name
 from dfgan.spec import Spec, SpecError
 from dfgan.studies.definition import (

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfgan.experiment import check_spec, resolve_spec, run_hash
+from dfgan.experiment import check_spec, resolve_spec
 from dfgan.metrics.registry import on_split
 from dfgan.registry import RegistryError
+from dfgan.run_identity import run_hash
 from dfgan.spec import SpecError, flatten
 from dfgan.studies.definition import Cell, base_spec, cell_spec
 from dfgan.studies.ledger import Heartbeat, cell_states, fail_stale_trials, set_error, worker_identity

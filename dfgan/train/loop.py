@@ -16,32 +16,21 @@ from dfgan import runs
 from dfgan.data.errors import DataError
 from dfgan.data.identity import data_summary
 from dfgan.data.identity import forget as forget_data
-from dfgan.data.vocab import pad_caption
-from dfgan.experiment import (
-    build_conditioning,
-    build_dataset,
-    build_gan,
-    build_regulariser,
-    check_data,
-    check_same_data,
-    cond_dim_of,
-    run_folder,
-    run_hash,
-    run_identity,
-)
+from dfgan.experiment import build_conditioning, build_dataset, build_gan, build_regulariser, check_data, cond_dim_of
 from dfgan.fingerprint import weights_sha256
-from dfgan.images import last_stage, save_caption_grid
 from dfgan.metrics.evaluate import evaluate_during_training, record_values
 from dfgan.metrics.nop import nop_report
-from dfgan.noise import step_noise, truncated_noise
+from dfgan.noise import step_noise
 from dfgan.profile import Profile, log_profile
 from dfgan.progress import progress_bar, set_interval
+from dfgan.run_identity import check_same_data, run_folder, run_hash, run_identity
 from dfgan.runs import CHECKPOINT, FINAL_RECORD, FINAL_WEIGHTS, RUN_RECORD, RunExistsError
 from dfgan.runtime import pick_device, resolve_precision, runtime_info
 from dfgan.tracking import Tracker
 from dfgan.tracking_buffer import replay_leftover
 from dfgan.train import distributed as dist
 from dfgan.train.batches import BatchPlan, step_loader
+from dfgan.train.samples import SampleGrid
 from dfgan.train.step import NonFiniteLossError, Stepper, apply_speed_options
 
 MLFLOW_CALLS = ("start", "metrics", "params", "tags", "artifact", "text")  # Tracker calls the profile times as mlflow
@@ -60,42 +49,6 @@ class TrainResult:
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
     evaluation: dict[str, float] = field(default_factory=dict)
-
-
-def grid_captions(dataset, n: int = 8) -> list[str]:
-    """Fixed captions for sample grids: the dataset's demo captions, else the first caption of n images."""
-    if hasattr(dataset, "demo_captions"):
-        return list(dataset.demo_captions(n))
-    return [dataset.caption_text(i, 0) for i in range(min(n, len(dataset)))]
-
-
-class SampleGrid:
-    """Generates the same captions x the same truncated noise at every call, saves a labelled PNG."""
-
-    def __init__(self, dataset, conditioner, z_dim: int, truncation: float, device, n_captions=8, n_noise=4):
-        self.captions = grid_captions(dataset, n_captions)
-        ids = [pad_caption(dataset.vocab.encode(c)[0]) for c in self.captions]
-        self.caps = torch.stack([c for c, _ in ids])
-        self.lens = torch.tensor([max(n, 1) for _, n in ids])
-        self.conditioner, self.device, self.n_noise = conditioner, device, n_noise
-        g = torch.Generator().manual_seed(1234)
-        self.noise = truncated_noise(n_noise, z_dim, truncation, g)
-
-    @torch.no_grad()
-    def render(self, generator, path: Path) -> Path:
-        words, sent = self.conditioner.encode(self.caps, self.lens)
-        mask = (self.caps == 0).to(self.device)
-        rows = []
-        was_training = generator.training
-        generator.eval()  # batch-norm fusions (cbn) use running statistics when sampling
-        try:
-            for z in self.noise:
-                zz = z[None].expand(len(self.captions), -1).to(self.device)
-                rows.append(last_stage(generator(zz, sent, words, mask)).float().cpu())
-        finally:
-            generator.train(was_training)
-        save_caption_grid(torch.cat(rows), self.captions, path, nrow=len(self.captions))
-        return path
 
 
 def train(spec, *, resume: bool = False, restart: bool = False, progress: bool = True,
