@@ -361,9 +361,11 @@ def test_a_stop_signal_during_a_write_waits_for_the_write(tmp_path, signum):
         sent.append(1)
 
     writer.client.log_batch = signal_then_write
-    before = signal.getsignal(signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # SIGINT is ignored under nohup
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # what an interactive Python has
         runtime.sigterm_as_interrupt()
+        installed = {s: signal.getsignal(s) for s in before}
         kills = 1
         with pytest.raises(KeyboardInterrupt):
             writer.metrics({"loss": 1.0}, step=3)
@@ -372,9 +374,10 @@ def test_a_stop_signal_during_a_write_waits_for_the_write(tmp_path, signum):
         with pytest.raises(KeyboardInterrupt):
             writer.metrics({"loss": 2.0}, step=4)
         assert sent == [1]  # the second signal interrupted before the write
+        assert {s: signal.getsignal(s) for s in before} == installed  # the handlers are put back
     finally:
-        signal.signal(signal.SIGTERM, before)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        for s, handler in before.items():
+            signal.signal(s, handler)
     writer.client.log_batch = real
     writer.end("KILLED")  # the store is not left locked
     assert client.get_run(run_id).info.status == "KILLED"
