@@ -29,6 +29,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -145,7 +146,7 @@ def write_report(result: dict[str, Any], md_path: Path) -> None:
     section = "\n\n".join([
         PARITY_MARKER,
         "## Quality parity of the speed options",
-        f"`python -m benchmarks.parity_study {' '.join(result['argv'])}` ({result['date']}, commit "
+        f"`python -m benchmarks.parity_study {shlex.join(result['argv'])}` ({result['date']}, commit "
         f"{result.get('commit') or 'unknown'}): variant `{result['variant']}`, {result['steps']} steps, seeds "
         f"{result['seeds']}; {arms_text}; every run evaluated the same way in fp32 (`dfgan.trained.evaluate_run`). "
         "Each arm against `reference`, paired by seed: equivalence test (TOST, `dfgan.reports.equivalence`), "
