@@ -147,19 +147,19 @@ class Tracker:
         ``TrackingError`` naming it."""
         if not self.enabled:
             return None
-        try:
-            with signals_held():  # a stop signal now is taken once the run exists, which then ends KILLED
+        with signals_held():  # a stop signal now is taken once the run has its writer: the run then ends KILLED
+            try:
                 run_id, reopened = self._open(spec, run_id)
-        except TrackingError:
-            raise
-        except Exception as e:  # unreachable server, a full disk under a SQLite file, a bad URI, ...
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise TrackingError(f"cannot open the MLflow tracking store {self.uri} (experiment "
-                                f"'{self.experiment}'): {first}; fix it or pass --no-track") from None
-        self.run_id = run_id
-        shorten_http_retries()
-        spool = self.spool_path or Path(self.out_dir) / f"mlflow-spool-{run_id}.jsonl"
-        self._writer = RunWriter(self.uri, run_id, spool, dedupe=reopened)
+            except TrackingError:
+                raise
+            except Exception as e:  # unreachable server, a full disk under a SQLite file, a bad URI, ...
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                raise TrackingError(f"cannot open the MLflow tracking store {self.uri} (experiment "
+                                    f"'{self.experiment}'): {first}; fix it or pass --no-track") from None
+            self.run_id = run_id
+            shorten_http_retries()
+            spool = self.spool_path or Path(self.out_dir) / f"mlflow-spool-{run_id}.jsonl"
+            self._writer = RunWriter(self.uri, run_id, spool, dedupe=reopened)
         if not reopened:
             items = [(k, str(v)) for k, v in spec.flat().items()  # a real dataset's counts: logged by train
                      if spec.data.name == "builtin" or k.removeprefix("data.") not in BUILTIN_ONLY_DATA_FIELDS]

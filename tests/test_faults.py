@@ -383,6 +383,31 @@ def test_a_stop_signal_during_a_write_waits_for_the_write(tmp_path, signum):
     assert client.get_run(run_id).info.status == "KILLED"
 
 
+def test_a_sigterm_while_the_run_is_opened_ends_it_killed(tmp_path, monkeypatch):
+    """Held while the MLflow run is opened, a SIGTERM is taken once the tracker can end the run: KILLED, not left
+    RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+    real, opened = Tracker._open, []
+
+    def open_then_signal(self, spec, run_id):
+        out = real(self, spec, run_id)
+        opened.append(out[0])
+        os.kill(os.getpid(), signal.SIGTERM)  # as if it came while the run was being created
+        return out
+
+    monkeypatch.setattr(Tracker, "_open", open_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        runtime.sigterm_as_interrupt()
+        spec = _spec(tmp_path)
+        with pytest.raises(KeyboardInterrupt), Tracker(uri=_uri(tmp_path), out_dir=tmp_path) as tracker:
+            tracker.start(spec, "h", {})
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert mlflow.tracking.MlflowClient(_uri(tmp_path)).get_run(opened[0]).info.status == "KILLED"
+
+
 def test_a_cache_file_is_built_once_by_processes_that_need_it_together(tmp_path, capsys):
     """Two builders of one cache file (study workers starting together): the second waits for the first,
     says so, then loads what the first wrote instead of building it again."""
