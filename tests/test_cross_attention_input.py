@@ -13,13 +13,11 @@ from dfgan.experiment import build_gan, build_regulariser, resolve_spec
 from dfgan.nn.fusion import CA_DIM, ConditioningAugmentation, SentenceInput
 from dfgan.run_identity import run_hash
 from dfgan.train.step import Stepper
-
-COND, WORD, Z, T = 12, 10, 8, 18
-# the variant's attention everywhere up to 128 px: at 32 px every block attends, none carries the sentence
-TINY = ["model.nf=4", "data.imsize=32", f"model.z_dim={Z}"]
+from tests.component_inputs import COND, TINY, WORD, T, Z, padding_mask
 
 
 def _gan(backbone="one_stage", ca=False, variant="cross_attention"):
+    # the variant attends everywhere up to 128 px: at TINY's 32 px every block attends, none carries the sentence
     spec = resolve_spec(variant, overrides=TINY + [f"model.backbone={backbone}",
                                                 f"model.fusion.conditioning_augmentation={str(ca).lower()}"])
     torch.manual_seed(0)
@@ -28,7 +26,7 @@ def _gan(backbone="one_stage", ca=False, variant="cross_attention"):
 
 def _batch(b=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    mask = torch.arange(T)[None] >= torch.tensor([5, 18, 3, 9][:b])[:, None]
+    mask = padding_mask([5, 18, 3, 9][:b])
     return (torch.randn(b, Z, generator=g), torch.randn(b, COND, generator=g), torch.randn(b, WORD, T, generator=g),
             mask)
 
