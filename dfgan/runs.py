@@ -244,6 +244,21 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
+def checkpoint_step(run_folder: str | Path) -> int | None:
+    """The step a run folder's ``checkpoint.pt`` resumes from; None where it has no readable dfgan checkpoint.
+    Memory-mapped: a status listing reads the file's index, not its weights."""
+    path = Path(run_folder) / CHECKPOINT
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # truncated or foreign: the run itself says why when it resumes
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or ckpt.get("step") is None:
+        return None
+    return int(ckpt["step"])
+
+
 def read_run(path: str | Path) -> dict[str, Any]:
     """The saved state of a run folder, or of a ``checkpoint.pt`` / ``final_weights.pt`` given directly:
     ``state`` (the file's dict, with ``spec`` and ``models``), ``file``, ``run_dir``, and the MLflow

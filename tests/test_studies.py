@@ -316,6 +316,44 @@ def test_dead_worker_trial_is_failed_and_retried(env):
     assert "bad" not in [s.study_name for s in optuna.get_all_study_summaries(open_storage(env["storage"]))]
 
 
+def test_dry_run_says_where_each_unfinished_cell_resumes(env, capsys):
+    """`dfgan ablate --dry-run` lists an unfinished cell with the step its checkpoint resumes from and its
+    earlier attempts, and ends with the counts per status; a done cell shows no old error."""
+    import torch
+
+    from dfgan import runs
+    from dfgan.cli import main
+    from dfgan.run_identity import run_folder
+    from dfgan.studies.ledger import set_error
+    from dfgan.studies.runner import load_or_create_study
+
+    plan = plan_study(adhoc_definition("dry", ["full", "no_magp"], 1), overrides=env["overrides"])
+    done, killed = plan.entries
+    study = load_or_create_study("dry", open_storage(env["storage"]), kind="grid",
+                                 sampler=optuna.samplers.RandomSampler(), direction="maximize")
+    for e, state in ((done, TrialState.FAIL), (done, TrialState.COMPLETE), (killed, TrialState.FAIL)):
+        trial = study.ask()
+        trial.set_user_attr("spec_hash", e.hash)
+        trial.set_user_attr("outcome", "trained" if state == TrialState.COMPLETE else "failed")
+        if state == TrialState.FAIL:
+            set_error(trial, f"worker stopped during {e.cell.label}")
+        study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
+    folder = run_folder(killed.spec)
+    folder.mkdir(parents=True)
+    torch.save({"format": runs.FORMAT, "step": 7, "models": {}}, folder / runs.CHECKPOINT)
+
+    rows = {r["cell"]: r for r in study_status(plan, env["storage"])}
+    assert rows["full"]["status"] == "done" and rows["full"]["attempts"] == 1 and rows["full"]["error"] is None
+    assert rows["no_magp"]["status"] == "failed" and rows["no_magp"]["checkpoint_step"] == 7
+    assert main(["ablate", "--study", "dry", "--variants", "full,no_magp", "--seeds", "1", "--storage",
+                 env["storage"], "--dry-run", *env["overrides"]]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"full +seed=100 +\w+  done  \(1 earlier attempt\)$", out, re.M), out
+    assert re.search(r"no_magp .* failed  \(checkpoint at step 7/2; 1 earlier attempt, the last: worker "
+                     r"stopped during no_magp\)$", out, re.M), out
+    assert out.rstrip().endswith("1 done, 1 failed") or out.rstrip().endswith("1 failed, 1 done"), out
+
+
 def test_grid_cells_are_handed_out_seed_major():
     """Workers get every arm of one seed before the next seed (plan order, not Optuna's shuffle), so a study
     stopped part-way has whole seeds to pair; the grid is still handed out once each."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from dfgan.cli import command
 
@@ -33,7 +34,8 @@ def _ablate_args(p):
     p.add_argument("--variant", "-v", help="train this one variant once: --variants X --seeds 1 (seed from the spec)")
     p.add_argument("--seeds", help="number of seeds (N: the spec's train.seed, +1, ...) or a comma list")
     p.add_argument("--max-cells", type=int, help="stop after this many cells in this invocation")
-    p.add_argument("--dry-run", action="store_true", help="list the cells, their spec hashes and states; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="list the cells, their spec hashes and states (an unfinished "
+                   "cell's checkpoint step, its earlier attempts) and the counts per state; run nothing")
     _storage_args(p)
     _progress_flag(p)
     p.add_argument("overrides", nargs="*", metavar="key.path=value",
@@ -74,6 +76,18 @@ def plan_from_args(args):
     return plan_study(definition, name=name, seeds=seeds, overrides=args.overrides)
 
 
+def _status_text(row: dict) -> str:
+    """``queued (checkpoint at step 500/6000; 1 earlier attempt, the last: worker ... stopped ...)``."""
+    notes = []
+    if row["checkpoint_step"] is not None:
+        notes.append(f"checkpoint at step {row['checkpoint_step']}/{row['steps']}")
+    if row["attempts"]:
+        n = row["attempts"]
+        notes.append(f"{n} earlier attempt{'s' if n > 1 else ''}"
+                     + (f", the last: {row['error'].splitlines()[0][:100]}" if row["error"] else ""))
+    return row["status"] + (f"  ({'; '.join(notes)})" if notes else "")
+
+
 def _ablate(args) -> int:
     from dfgan.studies.runner import run_study, study_status
 
@@ -83,8 +97,9 @@ def _ablate(args) -> int:
         print(f"study '{plan.name}' ({plan.definition.kind}): {len(rows)} cells, grid {plan.grid}, "
               f"overrides: {' '.join(plan.overrides) or '(none)'}")
         for r in rows:
-            err = f"  ({r['error'].splitlines()[0][:100]})" if r["error"] else ""
-            print(f"  {r['cell']:40s} seed={r['seed']:<5d} {r['spec_hash']}  {r['status']}{err}")
+            print(f"  {r['cell']:40s} seed={r['seed']:<5d} {r['spec_hash']}  {_status_text(r)}")
+        counts = Counter(r["status"].split(" ")[0] for r in rows)
+        print("  " + ", ".join(f"{n} {s}" for s, n in counts.most_common()))
         return 0
     out = run_study(plan, storage_url=args.storage, tracking_uri=args.tracking_uri, max_cells=args.max_cells,
                     progress=args.progress)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from dfgan.experiment import check_data, check_spec
 from dfgan.metrics.names import choose_metric
-from dfgan.run_identity import run_hash
-from dfgan.runs import check_name
+from dfgan.run_identity import run_folder, run_hash
+from dfgan.runs import check_name, checkpoint_step
 from dfgan.spec import Spec, SpecError
 from dfgan.studies.definition import (
     Cell,
@@ -194,7 +194,9 @@ class _Progress:
 
 
 def study_status(plan: StudyPlan, storage_url: str | None = None) -> list[dict]:
-    """Per cell: label, seed, spec hash, status (pending/queued/running/done/failed) and last error."""
+    """Per cell: label, seed, spec hash, status (pending/queued/running/done/failed), ``steps`` (the cell's
+    train.steps), ``checkpoint_step`` (where an unfinished cell resumes: its folder's checkpoint, else None),
+    ``attempts`` (its failed or interrupted trials) and ``error`` (the last one's text; None once done)."""
     import optuna
 
     storage_url = storage_url or default_storage_url(plan.base_out_dir)
@@ -215,8 +217,11 @@ def study_status(plan: StudyPlan, storage_url: str | None = None) -> list[dict]:
             status = f"{match.status} in study '{match.study}' (pool {pool}): reused when this study runs"
         if status == "running" and all(is_stale(t) for t in st.running):
             status = "stale (worker gone: retried by the next invocation)"
+        done = status.startswith("done")
         rows.append({"cell": e.cell.label, "seed": e.seed, "spec_hash": e.hash, "status": status,
-                     "error": st.last_error() if st else None})
+                     "steps": e.spec.train.steps, "attempts": len(st.failed) if st else 0,
+                     "checkpoint_step": None if done else checkpoint_step(run_folder(e.spec)),
+                     "error": st.last_error() if st and not done else None})
     return rows
 
 
