@@ -10,16 +10,21 @@
 #   scripts/study_workers.sh claims --dry-run       # print what would run
 #   tail -f ~/dfgan-work/logs/claims-worker1.log    # a status line every 30 s, one line per cell
 #   .venv/bin/dfgan report --study claims --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
+#   scripts/study_workers.sh claims --commit 6d73a9f --benchmarks
+#       # no workers: the cost side instead, in the foreground (~10 min on 2 cores; pause the workers first,
+#       # kill -STOP / -CONT): the training-step and sampling benchmarks of every named variant, fp32, on the
+#       # same frozen checkout -> reports/<study>/benchmarks.json, which `dfgan report` reads before the project's
 set -euo pipefail
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [[ $# -ge 1 && $1 != -* ]] || usage 2
 study=$1; shift
-commit=HEAD workers=2 dry=0
+commit=HEAD workers=2 dry=0 bench=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --commit) commit=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;;
     --dry-run) dry=1; shift ;;
+    --benchmarks) bench=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "study_workers.sh: unknown argument '$1'" >&2; usage 2 ;;
   esac
@@ -36,6 +41,16 @@ if [[ ! -d $code ]]; then
   run git -C "$repo" worktree add --detach "$code" "$sha"
 fi
 run ln -sfn "$work/runs" "$code/runs"   # train.out_dir "runs": the cells, studies.db and mlflow.db under $work/runs
+if [[ $bench == 1 ]]; then  # pytest-benchmark records the checkout's commit: the report compares it with the runs'
+  out=$repo/reports/$study/benchmarks.json
+  run mkdir -p "$(dirname "$out")"
+  run env -C "$code" PYTHONPATH="$code" DFGAN_CACHE="$work/cache" \
+      MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
+      "$py" -m pytest benchmarks/test_train_variants.py benchmarks/test_sampling.py -p no:xdist -p no:cacheprovider \
+      -q -k "(test_train_step or test_sampling_variant) and fp32" --benchmark-json="$out"
+  echo "cost side of '$study' (commit $sha): $out"
+  exit 0
+fi
 for w in $(seq 1 "$workers"); do
   log=$work/logs/$study-worker$w.log
   cmd=(env -C "$code" PYTHONPATH="$code" DFGAN_CACHE="$work/cache" OMP_NUM_THREADS=1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,11 +129,16 @@ def claims_study(tmp_path_factory):
                 Image.new("RGB", (8, 8), (0, 255, 0)).save(art)
                 client.log_artifact(run_id, str(art), "samples")
     bench = tmp / "benchmarks.json"
+    gen = {"stacked": ("stacked", "dfblock", 2.0), "cross_attention": ("one_stage", "cross_attention", 1.5)}
     recs = [{"kind": k, "variant": v, "imsize": 64, "nf": 32, "batch": 8, "dtype": "float32", "device": "cpu",
-             "threads": 2, "images_per_s": s * (2 if k == "sampling_variant" else 1)}
+             "threads": 2, "images_per_s": s * (2 if k == "sampling_variant" else 1),
+             **dict(zip(("backbone", "fusion", "gflop_per_image"), gen.get(v, ("one_stage", "dfblock", 1.0)),
+                        strict=True))}
             for k in ("train_step", "sampling_variant") for v, s in
             (("full", 28.0), ("stacked", 14.0), ("two_way", 27.0), ("no_magp", 38.0), ("cross_attention", 18.0))]
-    bench.write_text(json.dumps({"benchmarks": [{"name": f"b{i}", "extra_info": r} for i, r in enumerate(recs)]}))
+    bench.write_text(json.dumps({"benchmarks": [{"name": f"b{i}", "extra_info": r} for i, r in enumerate(recs)],
+                                 "commit_info": {"id": "def" * 13 + "d", "dirty": False},  # not the runs' "abc"
+                                 "machine_info": {"cpu": {"brand_raw": "Test CPU"}}, "datetime": "2026-11-28T11:55"}))
     rep = build_report("claims", tracking_uri=uri, out_dir=tmp / "reports", benchmarks=str(bench), n_boot=200)
     return {"rep": rep, "tmp": tmp}
 
@@ -160,6 +166,15 @@ def test_claims_report_verdicts_and_numbers(claims_study):
     assert cost.loc["dfblock", "NoP, 256 px nf 32"] == "16.46M vs 22.06M (0.75x)"  # reports/nop_variants.md
     assert cost.loc["dfblock", "training img/s"] == "28 vs 18 (1.56x)"
     assert cost.loc["dfblock", "sampling img/s"] == "56 vs 36 (1.56x)"
+    # full and no_magp share one generator: two measurements of one cost, not a ratio
+    assert cost.loc["ma_gp", "sampling img/s"] == "same generator (56, 76)"
+    assert cost.loc["ma_gp", "training img/s"] == "28 vs 38 (0.74x)"
+    # measured on other code than the runs imported: the cost table says so beside the numbers, and provenance too
+    cost_notes = " ".join(rep.tables["claims_cost"].notes)
+    assert "Sampling in ma_gp, one_way: both rows have the same generator" in cost_notes
+    assert "commit defdefdefdef, Test CPU, 2026-11-28; NOT the code the runs imported (abc)" in cost_notes
+    prov = json.loads((rep.folder / "provenance.json").read_text())
+    assert prov["benchmarks"]["commit"] == "def" * 13 + "d" and prov["benchmarks"]["cpu"] == "Test CPU"
 
     bud = rep.tables["claims_budgets"].frame.set_index("claim")
     assert [c for c in bud.columns if c.startswith("step")] == [f"step {s}" for s in STEPS]
@@ -179,6 +194,32 @@ def test_claims_report_files(claims_study):
     assert any("No sample grid for: no_magp (seed 100)" in n for n in rep.notes)
     readme = (folder / "README.md").read_text()
     assert "The paper's claims: paired differences and verdicts" in readme and "samples_full_seed100" in readme
+
+
+def test_benchmark_record_choice_and_its_commit(tmp_path, monkeypatch):
+    """The study's own record (reports/<study>/benchmarks.json) before the project's; a record of the runs'
+    commit reads as such, a dirty or unrecorded one does not."""
+    from dfgan.reports.benchmarks import choose_bench_file, origin_note, record_origin
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports" / "claims").mkdir(parents=True)
+    assert choose_bench_file(None, tmp_path / "reports" / "claims") is None
+    project = tmp_path / "reports" / "benchmarks.json"
+    project.write_text(json.dumps({"benchmarks": [], "commit_info": {"id": "a" * 40, "dirty": False}}))
+    assert choose_bench_file(None, tmp_path / "reports" / "claims").resolve() == project
+    own = tmp_path / "reports" / "claims" / "benchmarks.json"
+    own.write_text(json.dumps({"benchmarks": [], "commit_info": {"id": "b" * 40, "dirty": False}}))
+    assert choose_bench_file(None, tmp_path / "reports" / "claims") == own
+    assert choose_bench_file("x.json", own.parent) == Path("x.json")  # named: that one, present or not
+    assert origin_note(record_origin(own), ["b" * 40]).endswith("the same commit the runs imported.")
+    assert "NOT the code the runs imported" in origin_note(record_origin(own), ["b" * 40, "c" * 40])
+    assert "(bbbbbbbbbbbb-dirty)" in origin_note(record_origin(own), ["b" * 40 + "-dirty"])
+    own.write_text(json.dumps({"benchmarks": [], "commit_info": {"id": "b" * 40, "dirty": True}}))
+    assert "(uncommitted changes)" in origin_note(record_origin(own), ["b" * 40])
+    assert "NOT the code" in origin_note(record_origin(own), ["b" * 40])
+    own.write_text(json.dumps([]))  # a bare list of records: no commit to compare
+    assert "no commit recorded" in origin_note(record_origin(own), ["b" * 40])
+    assert record_origin(tmp_path / "missing.json") is None and origin_note(None, []) == ""
 
 
 def test_claims_must_name_rows_of_the_study():

@@ -36,3 +36,15 @@ def test_bad_arguments_say_what_is_wrong(tmp_path):
     assert _run(work=tmp_path).returncode == 2
     r = _run("claims", "--commit", "no-such-rev", "--dry-run", work=tmp_path)
     assert r.returncode != 0
+
+
+def test_benchmarks_mode_measures_the_cost_side_on_the_frozen_checkout_and_starts_no_worker(tmp_path):
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    r = _run("claims", "--benchmarks", "--dry-run", work=tmp_path)
+    assert r.returncode == 0, r.stderr
+    code = tmp_path / "w" / f"code-{sha[:12]}"
+    bench = [x for x in r.stdout.splitlines() if " -m pytest benchmarks/test_train_variants.py" in x]
+    assert len(bench) == 1 and f"env -C {code} PYTHONPATH={code} " in bench[0]
+    assert f"--benchmark-json={ROOT}/reports/claims/benchmarks.json" in bench[0]
+    assert "dfgan ablate" not in r.stdout and "nohup" not in r.stdout

@@ -10,7 +10,7 @@ import pandas as pd
 
 from dfgan.metrics.names import FALLBACK_METRICS, choose_metric, is_memorisation, quality_columns, split_of
 from dfgan.reports import figures as figs
-from dfgan.reports.benchmarks import load_records, throughput_for_rows
+from dfgan.reports.benchmarks import choose_bench_file, load_records, origin_note, record_origin, throughput_for_rows
 from dfgan.reports.claims import claims_report
 from dfgan.reports.collect import NoRunsError, StudyData, collect, metric_history
 from dfgan.reports.provenance import provenance, provenance_markdown
@@ -108,7 +108,11 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
         ref = None
 
     # throughput, at the study's size
-    records, bench_file = load_records(benchmarks)
+    records, bench_file = load_records(choose_bench_file(benchmarks, folder))
+    bench_origin = record_origin(bench_file)
+    run_commits = sorted(set(data.cells["tags.git_commit"].dropna().astype(str))) \
+        if "tags.git_commit" in data.cells else []
+    bench_note = origin_note(bench_origin, run_commits)
     imsize = pd.to_numeric(data.cells.get("params.data.imsize"), errors="coerce").dropna()
     nf = pd.to_numeric(data.cells.get("params.model.nf"), errors="coerce").dropna()
     imsize_v = int(imsize.iloc[0]) if len(imsize) else None
@@ -122,7 +126,8 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
     dtype = "bfloat16" if precision is not None and (precision == "bf16").all() else "float32"
     speed = throughput_for_rows(records, gens, imsize_v, nf_v, dtype)
     if not bench_file:
-        speed_note = ("Sampling throughput: omitted, no benchmark record (reports/benchmarks.json; "
+        speed_note = ("Sampling throughput: omitted, no benchmark record (reports/<study>/benchmarks.json or "
+                      "reports/benchmarks.json; "
                       "`nox -s benchmark` writes it).")
     elif not speed:
         speed_note = (f"Sampling throughput: omitted, {bench_file} has no sampling record at {imsize_v} px, "
@@ -131,7 +136,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
         speed_note = (f"Sampling throughput from {bench_file}: generator forward passes of the same backbone and "
                       f"fusion at {imsize_v} px, nf={nf_v}, {dtype} (the fastest record; device, dtype and batch "
                       "beside each number; other fusion settings, e.g. attention resolutions, may differ); measured "
-                      "by the benchmarks, not in these runs.")
+                      "by the benchmarks, not in these runs. " + bench_note)
 
     tables: list[Table] = []
     if kind == "search":
@@ -174,7 +179,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
                 rep.notes.append(f"memorisation check {m} flagged {', '.join(flagged)}: generated images sit nearer "
                                  f"training images than unseen real images (table {memo.key})")
         if definition is not None and definition.claims:  # the study file's claims: verdicts, cost, budgets
-            part = claims_report(data, definition, primary, folder, bench_file, dtype)
+            part = claims_report(data, definition, primary, folder, bench_file, dtype, bench_note)
             tables, rep.files, rep.notes = tables + part.tables, rep.files + part.files, rep.notes + part.notes
         tables.append(table_published())
     for t in tables:
@@ -208,7 +213,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
         [c for c in data.cells.columns if c.startswith(("metrics.", "tags."))]
     runs_csv = folder / "runs.csv"
     data.cells[[c for c in keep if c in data.cells]].to_csv(runs_csv, index=False)
-    prov = provenance(data, git_commit())
+    prov = provenance(data, git_commit(), bench_origin)
     prov_json = folder / "provenance.json"
     prov_json.write_text(json.dumps(prov, indent=2, default=str))
     readme = folder / "README.md"

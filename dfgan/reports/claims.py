@@ -21,7 +21,6 @@ text-image consistency, Sec. 3.2.1; the DFBlock beats cross-modal attention at l
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ from scipy import stats
 
 from dfgan.experiment import resolve_spec, spec_nop
 from dfgan.metrics.names import arrow, higher_is_better
+from dfgan.reports.benchmarks import fastest_of_variant, same_generator, variant_records
 from dfgan.reports.collect import StudyData, metric_history
 from dfgan.reports.stats import ALPHA, CONFIDENCE, POWER, Diff, compare, holm, mde, seed_values, welch_interval
 from dfgan.reports.tables import Table, fmt, fmt_count, fmt_diff
@@ -179,27 +179,6 @@ def table_claims(tests: list[ClaimTest], study: str) -> Table:
     return Table("claims", "The paper's claims: paired differences and verdicts", pd.DataFrame(rows), notes)
 
 
-def _throughput_records(path: str | None) -> dict[tuple[str, str], list[dict]]:
-    """(kind, variant) -> benchmark records of the named variants (training step, sampling)."""
-    if not path or not Path(path).is_file():
-        return {}
-    data = json.loads(Path(path).read_text())
-    recs = data.get("benchmarks", data.get("records", [])) if isinstance(data, dict) else data
-    out: dict[tuple[str, str], list[dict]] = {}
-    for r in recs:
-        info = {**r, **(r.get("extra_info") or {})}
-        speed = info.get("images_per_s", info.get("images_per_sec"))
-        if info.get("kind") in THROUGHPUT_KINDS and info.get("variant") and speed is not None:
-            out.setdefault((info["kind"], info["variant"]), []).append({**info, "images_per_s": float(speed)})
-    return out
-
-
-def _speed(records, kind: str, variant: str, dtype: str) -> dict | None:
-    recs = records.get((kind, variant), [])
-    same = [r for r in recs if r.get("dtype") == dtype] or recs
-    return max(same, key=lambda r: r["images_per_s"]) if same else None
-
-
 def _nop_paper_size(variant: str) -> int | None:
     try:
         return int(spec_nop(resolve_spec(variant, overrides=PAPER_SIZE))["totals"]["trainable"]["count"])
@@ -214,9 +193,11 @@ def _pair(a, b, fmt_one) -> str:
     return f"{fmt_one(a)} vs {fmt_one(b)}{ratio}"
 
 
-def table_cost(tests: list[ClaimTest], data: StudyData, bench_file: str | None, dtype: str) -> Table:
-    records = _throughput_records(bench_file)
+def table_cost(tests: list[ClaimTest], data: StudyData, bench_file: str | None, dtype: str,
+               bench_note: str = "") -> Table:
+    records = variant_records(bench_file, THROUGHPUT_KINDS)
     cells = data.cells
+    shared: set[str] = set()
 
     def first(row: str, col: str):
         v = cells.loc[cells["variant"] == row, col].dropna() if col in cells else pd.Series(dtype=object)
@@ -234,8 +215,12 @@ def table_cost(tests: list[ClaimTest], data: StudyData, bench_file: str | None, 
         row["NoP, study size"] = _pair(*study_nop, fmt_count)
         row["NoP, 256 px nf 32"] = _pair(nop256[t.paper], nop256[t.arm], fmt_count)
         for kind, label in THROUGHPUT_KINDS.items():
-            a, b = (_speed(records, kind, base(r), dtype) for r in (t.paper, t.arm))
-            row[f"{label} img/s"] = _pair(a and a["images_per_s"], b and b["images_per_s"], lambda v: f"{v:.3g}")
+            a, b = (fastest_of_variant(records, kind, base(r), dtype) for r in (t.paper, t.arm))
+            if a and b and kind == "sampling_variant" and same_generator(a, b):  # e.g. full and no_magp: one G
+                shared.add(t.key)
+                row[f"{label} img/s"] = f"same generator ({a['images_per_s']:.3g}, {b['images_per_s']:.3g})"
+            else:
+                row[f"{label} img/s"] = _pair(a and a["images_per_s"], b and b["images_per_s"], lambda v: f"{v:.3g}")
             for r in (a, b):
                 if r:
                     sizes.add(f"{label}: {r.get('imsize')} px, nf {r.get('nf')}, batch {r.get('batch')}, "
@@ -249,8 +234,15 @@ def table_cost(tests: list[ClaimTest], data: StudyData, bench_file: str | None, 
                      "one G + D step with the row's regulariser and head; sampling: generator forward passes), "
                      f"preferring {dtype}; measured by the benchmarks, not in these runs, at: "
                      + "; ".join(sorted(sizes)) + ". Higher is cheaper.")
+        if shared:
+            notes.append(f"Sampling in {', '.join(sorted(shared))}: both rows have the same generator (backbone, "
+                         "fusion and FLOP count), so their sampling cost is one and the same; the two numbers are "
+                         "two measurements of it and their gap is the benchmark's run-to-run spread, not a ratio.")
+        if bench_note:
+            notes.append(bench_note)  # which commit and machine measured them, and whether that is the runs' code
     else:
-        notes.append("Throughput: no benchmark record with named variants (reports/benchmarks.json; `nox -s "
+        notes.append("Throughput: no benchmark record with named variants (reports/<study>/benchmarks.json or "
+                     "reports/benchmarks.json; `nox -s "
                      "benchmark` writes it): not shown.")
     return Table("claims_cost", "The cost side of each claim", pd.DataFrame(rows), notes)
 
@@ -370,12 +362,12 @@ def sample_grids(data: StudyData, rows: list[str], folder: Path) -> tuple[list[P
 
 # ---- the part of the report --------------------------------------------------------------------------------------
 def claims_report(data: StudyData, definition, primary: str, folder: Path, bench_file: str | None,
-                  dtype: str = "float32") -> ClaimsPart:
+                  dtype: str = "float32", bench_note: str = "") -> ClaimsPart:
     """Tables (claims, cost, budgets), the curves figure and the sample grids of ``definition.claims``."""
     part = ClaimsPart()
     tests = claim_tests(data, definition, primary)
     part.tables.append(table_claims(tests, data.study))
-    part.tables.append(table_cost(tests, data, bench_file, dtype))
+    part.tables.append(table_cost(tests, data, bench_file, dtype, bench_note))
     hist = budget_history(data, tests)
     part.tables.append(table_budgets(tests, hist))
     if len(hist):

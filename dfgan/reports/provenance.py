@@ -1,7 +1,7 @@
 """Provenance of a report: code commit(s) (as each run imported them, with the sha256 of any uncommitted diff),
 spec hashes and the resolved specs, dataset hash(es) and the built-in data's version, the text encoders'
-weights, metric protocol, seeds, hardware (threads as each run had them), the commands that ran the study and
-where its runs live."""
+weights, metric protocol, seeds, hardware (threads as each run had them), the commands that ran the study,
+where its runs live, and the throughput record the tables read (its commit and machine)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series | None:
     return df[name] if name in df.columns else None
 
 
-def provenance(data: StudyData, report_commit: str) -> dict[str, Any]:
+def provenance(data: StudyData, report_commit: str, bench_origin: dict | None = None) -> dict[str, Any]:
     c = data.cells
     protocol = {col[len("tags.protocol."):]: _distinct(c[col])
                 for col in c.columns if col.startswith("tags.protocol.")}
@@ -63,6 +63,7 @@ def provenance(data: StudyData, report_commit: str) -> dict[str, Any]:
         "hardware": hardware,
         "commands": commands,
         "optuna_storage": _distinct(_col(c, "tags.optuna_storage")),
+        "benchmarks": bench_origin,  # the throughput record the tables read: its file, commit and machine
         "cells": [{"variant": r["variant"], "seed": int(r["seed"]), "spec_hash": r.get("tags.spec_hash"),
                    "run_id": r["run_id"], "trial": r.get("tags.trial")} for _, r in c.iterrows()],
     }
@@ -142,6 +143,11 @@ def provenance_markdown(p: dict[str, Any]) -> str:
         lines.append(f"- Optuna storage: {', '.join(p['optuna_storage'])}")
     for cmd in p["commands"]:
         lines.append(f"- command: `{cmd}`")
+    b = p.get("benchmarks")
+    if b:
+        lines.append(f"- throughput record: `{b['file']}`, measured at commit `{b.get('commit') or 'unknown'}`"
+                     + (" with uncommitted changes" if b.get("dirty") else "")
+                     + f" on {b.get('cpu') or 'an unrecorded machine'} ({b.get('datetime') or 'time not recorded'})")
     lines += ["", "| variant | seed | spec hash | MLflow run | trial |", "|---|---|---|---|---|"]
     for cell in p["cells"]:
         lines.append(f"| {cell['variant']} | {cell['seed']} | `{cell['spec_hash']}` | `{cell['run_id']}` | "
