@@ -136,7 +136,9 @@ def claims_study(tmp_path_factory):
                         strict=True))}
             for k in ("train_step", "sampling_variant") for v, s in
             (("full", 28.0), ("stacked", 14.0), ("two_way", 27.0), ("no_magp", 38.0), ("cross_attention", 18.0))]
-    bench.write_text(json.dumps({"benchmarks": [{"name": f"b{i}", "extra_info": r} for i, r in enumerate(recs)],
+    stats = [{"min": 1.0, "max": 1.0 + 0.1 * (i == 3), "rounds": 3} for i in range(len(recs))]  # no_magp: 10%
+    bench.write_text(json.dumps({"benchmarks": [{"name": f"b{i}", "extra_info": r, "stats": st}
+                                                for i, (r, st) in enumerate(zip(recs, stats, strict=True))],
                                  "commit_info": {"id": "def" * 13 + "d", "dirty": False},  # not the runs' "abc"
                                  "machine_info": {"cpu": {"brand_raw": "Test CPU"}}, "datetime": "2026-11-28T11:55"}))
     rep = build_report("claims", tracking_uri=uri, out_dir=tmp / "reports", benchmarks=str(bench), n_boot=200)
@@ -172,6 +174,8 @@ def test_claims_report_verdicts_and_numbers(claims_study):
     # measured on other code than the runs imported: the cost table says so beside the numbers, and provenance too
     cost_notes = " ".join(rep.tables["claims_cost"].notes)
     assert "Sampling in ma_gp, one_way: both rows have the same generator" in cost_notes
+    assert "median over its rounds (3 per record)" in cost_notes  # the spread of no_magp's training rounds
+    assert "up to 10% longer than the fastest, so a ratio between about 0.91x and 1.10x" in cost_notes
     assert "commit defdefdefdef, Test CPU, 2026-11-28; NOT the code the runs imported (abc)" in cost_notes
     prov = json.loads((rep.folder / "provenance.json").read_text())
     assert prov["benchmarks"]["commit"] == "def" * 13 + "d" and prov["benchmarks"]["cpu"] == "Test CPU"

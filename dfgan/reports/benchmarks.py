@@ -108,6 +108,13 @@ def fastest_of_variant(records: dict, kind: str, variant: str, dtype: str) -> di
     return max(same, key=lambda r: r["images_per_s"]) if same else None
 
 
+def round_spread(record: dict) -> tuple[float, int] | None:
+    """(slowest round / fastest round - 1, rounds) of a pytest-benchmark record; None without its stats."""
+    st = record.get("stats") or {}
+    lo, hi, n = st.get("min"), st.get("max"), st.get("rounds")
+    return (hi / lo - 1, int(n)) if lo and hi and n else None
+
+
 def same_generator(a: dict, b: dict) -> bool:
     """Two sampling records of one and the same generator: backbone, fusion, size and FLOP count all equal."""
     keys = ("backbone", "fusion", "imsize", "nf", "batch", "dtype", "gflop_per_image")

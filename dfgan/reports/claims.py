@@ -32,7 +32,7 @@ from scipy import stats
 
 from dfgan.experiment import resolve_spec, spec_nop
 from dfgan.metrics.names import arrow, higher_is_better
-from dfgan.reports.benchmarks import fastest_of_variant, same_generator, variant_records
+from dfgan.reports.benchmarks import fastest_of_variant, round_spread, same_generator, variant_records
 from dfgan.reports.collect import StudyData, metric_history
 from dfgan.reports.stats import ALPHA, CONFIDENCE, POWER, Diff, compare, holm, mde, seed_values, welch_interval
 from dfgan.reports.tables import Table, fmt, fmt_count, fmt_diff
@@ -207,7 +207,7 @@ def table_cost(tests: list[ClaimTest], data: StudyData, bench_file: str | None, 
         return first(row, "tags.base_variant") or row
 
     nop256 = {r: _nop_paper_size(base(r)) for r in {x for t in tests for x in (t.paper, t.arm)}}
-    rows, sizes = [], set()
+    rows, sizes, spreads = [], set(), []
     for t in tests:
         row = {"claim": t.key, "paper vs arm": f"{t.paper} vs {t.arm}"}
         study_nop = [pd.to_numeric(first(r, "tags.nop_trainable"), errors="coerce") for r in (t.paper, t.arm)]
@@ -222,6 +222,8 @@ def table_cost(tests: list[ClaimTest], data: StudyData, bench_file: str | None, 
             else:
                 row[f"{label} img/s"] = _pair(a and a["images_per_s"], b and b["images_per_s"], lambda v: f"{v:.3g}")
             for r in (a, b):
+                if r and round_spread(r):
+                    spreads.append(round_spread(r))
                 if r:
                     sizes.add(f"{label}: {r.get('imsize')} px, nf {r.get('nf')}, batch {r.get('batch')}, "
                               f"{r.get('dtype')}, {r.get('device')}, {r.get('threads')} threads")
@@ -234,6 +236,12 @@ def table_cost(tests: list[ClaimTest], data: StudyData, bench_file: str | None, 
                      "one G + D step with the row's regulariser and head; sampling: generator forward passes), "
                      f"preferring {dtype}; measured by the benchmarks, not in these runs, at: "
                      + "; ".join(sorted(sizes)) + ". Higher is cheaper.")
+        if spreads:
+            worst, rounds = max(spreads)[0], sorted({n for _, n in spreads})
+            notes.append(f"Each throughput is the benchmark's median over its rounds ({'/'.join(map(str, rounds))} "
+                         f"per record); within one record the slowest round took up to {worst:.0%} longer than the "
+                         f"fastest, so a ratio between about {1 / (1 + worst):.2f}x and {1 + worst:.2f}x is within "
+                         "the benchmark's own noise, not a measured difference.")
         if shared:
             notes.append(f"Sampling in {', '.join(sorted(shared))}: both rows have the same generator (backbone, "
                          "fusion and FLOP count), so their sampling cost is one and the same; the two numbers are "
