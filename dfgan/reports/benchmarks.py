@@ -62,9 +62,9 @@ def origin_note(origin: dict | None, run_commits: list[str]) -> str:
         return head + "; the same commit the runs imported."
     shown = ", ".join(r[:12] + ("-dirty" if r.endswith("-dirty") else "") for r in runs) or "unknown"
     return (head + f"; NOT the code the runs imported ({shown}): these "
-            "throughputs describe other code. Re-measure from a checkout of the runs' commit (`nox -s benchmark`, "
-            "or `pytest benchmarks/test_train_variants.py benchmarks/test_sampling.py -k 'test_train_step or "
-            "test_sampling_variant' --benchmark-json=reports/<study>/benchmarks.json`).")
+            "throughputs describe other code. Re-measure on the runs' commit: `scripts/study_workers.sh <study> "
+            "--commit <sha> --benchmarks` (into reports/<study>/benchmarks.json), or `nox -s benchmark` from a "
+            "checkout of it).")
 
 
 def _raw_records(path: Path) -> list[dict]:
@@ -74,19 +74,23 @@ def _raw_records(path: Path) -> list[dict]:
     return [{**r, **(r.get("extra_info") or {})} for r in recs]
 
 
+def _speed_of(info: dict):
+    """A record's images per second, under whichever of the accepted keys it uses; None without one."""
+    return next((info[k] for k in SPEED_KEYS if info.get(k) is not None), None)
+
+
 def load_records(path: str | Path | None) -> tuple[list[dict], str | None]:
     """(sampling records, the file read) - ([], None) when there is no file."""
-    candidates = [Path(path)] if path else [Path(p) for p in DEFAULT_FILES]
-    for p in candidates:
-        if p.is_file():
-            out = []
-            for info in _raw_records(p):
-                kind = " ".join(str(info.get(k, "")) for k in ("kind", "group", "name", "suite")).lower()
-                speed = next((info[k] for k in SPEED_KEYS if info.get(k) is not None), None)
-                if "sampl" in kind and speed is not None and (info.get("variant") or info.get("backbone")):
-                    out.append({"images_per_sec": float(speed), **{k: info.get(k) for k in RECORD_FIELDS}})
-            return out, str(p)
-    return [], None
+    p = choose_bench_file(path)
+    if p is None or not p.is_file():
+        return [], None
+    out = []
+    for info in _raw_records(p):
+        kind = " ".join(str(info.get(k, "")) for k in ("kind", "group", "name", "suite")).lower()
+        speed = _speed_of(info)
+        if "sampl" in kind and speed is not None and (info.get("variant") or info.get("backbone")):
+            out.append({"images_per_sec": float(speed), **{k: info.get(k) for k in RECORD_FIELDS}})
+    return out, str(p)
 
 
 def variant_records(path: str | Path | None, kinds) -> dict[tuple[str, str], list[dict]]:
@@ -95,7 +99,7 @@ def variant_records(path: str | Path | None, kinds) -> dict[tuple[str, str], lis
         return {}
     out: dict[tuple[str, str], list[dict]] = {}
     for info in _raw_records(Path(path)):
-        speed = next((info[k] for k in SPEED_KEYS if info.get(k) is not None), None)
+        speed = _speed_of(info)
         if info.get("kind") in kinds and info.get("variant") and speed is not None:
             out.setdefault((info["kind"], info["variant"]), []).append({**info, "images_per_s": float(speed)})
     return out

@@ -110,9 +110,8 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
     # throughput, at the study's size
     records, bench_file = load_records(choose_bench_file(benchmarks, folder))
     bench_origin = record_origin(bench_file)
-    run_commits = sorted(set(data.cells["tags.git_commit"].dropna().astype(str))) \
-        if "tags.git_commit" in data.cells else []
-    bench_note = origin_note(bench_origin, run_commits)
+    prov = provenance(data, git_commit(), bench_origin)
+    bench_note = origin_note(bench_origin, prov["run_code_commits"])
     imsize = pd.to_numeric(data.cells.get("params.data.imsize"), errors="coerce").dropna()
     nf = pd.to_numeric(data.cells.get("params.model.nf"), errors="coerce").dropna()
     imsize_v = int(imsize.iloc[0]) if len(imsize) else None
@@ -127,8 +126,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
     speed = throughput_for_rows(records, gens, imsize_v, nf_v, dtype)
     if not bench_file:
         speed_note = ("Sampling throughput: omitted, no benchmark record (reports/<study>/benchmarks.json or "
-                      "reports/benchmarks.json; "
-                      "`nox -s benchmark` writes it).")
+                      "reports/benchmarks.json; `nox -s benchmark` writes it).")
     elif not speed:
         speed_note = (f"Sampling throughput: omitted, {bench_file} has no sampling record at {imsize_v} px, "
                       f"nf={nf_v}, {dtype} for these generators.")
@@ -213,7 +211,6 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
         [c for c in data.cells.columns if c.startswith(("metrics.", "tags."))]
     runs_csv = folder / "runs.csv"
     data.cells[[c for c in keep if c in data.cells]].to_csv(runs_csv, index=False)
-    prov = provenance(data, git_commit(), bench_origin)
     prov_json = folder / "provenance.json"
     prov_json.write_text(json.dumps(prov, indent=2, default=str))
     readme = folder / "README.md"

@@ -221,11 +221,9 @@ def table_cost(tests: list[ClaimTest], data: StudyData, bench_file: str | None, 
                 row[f"{label} img/s"] = f"same generator ({a['images_per_s']:.3g}, {b['images_per_s']:.3g})"
             else:
                 row[f"{label} img/s"] = _pair(a and a["images_per_s"], b and b["images_per_s"], lambda v: f"{v:.3g}")
-            for r in (a, b):
-                if r and round_spread(r):
-                    spreads.append(round_spread(r))
-                if r:
-                    sizes.add(f"{label}: {r.get('imsize')} px, nf {r.get('nf')}, batch {r.get('batch')}, "
+            for r in filter(None, (a, b)):
+                spreads += filter(None, [round_spread(r)])
+                sizes.add(f"{label}: {r.get('imsize')} px, nf {r.get('nf')}, batch {r.get('batch')}, "
                               f"{r.get('dtype')}, {r.get('device')}, {r.get('threads')} threads")
         rows.append(row)
     notes = ["Each cell: paper row vs arm row (ratio paper/arm). NoP = trainable parameters (G + D + heads; the "
@@ -250,8 +248,7 @@ def table_cost(tests: list[ClaimTest], data: StudyData, bench_file: str | None, 
             notes.append(bench_note)  # which commit and machine measured them, and whether that is the runs' code
     else:
         notes.append("Throughput: no benchmark record with named variants (reports/<study>/benchmarks.json or "
-                     "reports/benchmarks.json; `nox -s "
-                     "benchmark` writes it): not shown.")
+                     "reports/benchmarks.json; `nox -s benchmark` writes it): not shown.")
     return Table("claims_cost", "The cost side of each claim", pd.DataFrame(rows), notes)
 
 
