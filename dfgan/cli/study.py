@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 from dfgan.cli import command
 
@@ -22,9 +23,8 @@ def _progress_flag(p) -> None:
                    "train.status_every_s seconds (default: on; --no-progress: none)")
 
 
-# ---- ablate -----------------------------------------------------------------------------------------------------
-@command("ablate", "run a study: variants x seeds through Optuna (resumable, shareable by several workers)")
-def _ablate_args(p):
+def _plan_args(p) -> None:
+    """What picks a study's cells: shared by ``ablate`` and ``restore`` (see ``plan_from_args``)."""
     p.add_argument("--study", help="study name: Optuna study, MLflow experiment and report folder; a study file "
                    "ablations/studies/NAME.yaml is used when it exists (default: claims, or the "
                    "variants joined by '+')")
@@ -33,6 +33,12 @@ def _ablate_args(p):
     p.add_argument("--variants", help="comma list of variants (a grid study); overrides the study file's")
     p.add_argument("--variant", "-v", help="train this one variant once: --variants X --seeds 1 (seed from the spec)")
     p.add_argument("--seeds", help="number of seeds (N: the spec's train.seed, +1, ...) or a comma list")
+
+
+# ---- ablate -----------------------------------------------------------------------------------------------------
+@command("ablate", "run a study: variants x seeds through Optuna (resumable, shareable by several workers)")
+def _ablate_args(p):
+    _plan_args(p)
     p.add_argument("--max-cells", type=int, help="stop after this many cells in this invocation")
     p.add_argument("--dry-run", action="store_true", help="list the cells, their spec hashes and states (an unfinished "
                    "cell's checkpoint step, its earlier attempts) and the counts per state; run nothing")
@@ -106,6 +112,61 @@ def _ablate(args) -> int:
     print(f"report: dfgan report --study {plan.name}"
           + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
     return 1 if out.failed else 0
+
+
+# ---- restore ----------------------------------------------------------------------------------------------------
+@command("restore", "put a study's finished cells back from its committed export (reports/<study>/cells.jsonl) "
+         "onto a fresh storage, and queue the rest")
+def _restore_args(p):
+    _plan_args(p)
+    p.add_argument("--from", dest="source", help="the export: reports/<study>/cells.jsonl (default), or an older "
+                   "report's runs.csv (final values only: the periodic evaluations are not in it)")
+    p.add_argument("--samples", help="folder of the report's sample grids, figures/samples_<row>_seed<seed>.png, "
+                   "logged as the restored runs' last sample grid (default: the export's figures/)")
+    p.add_argument("--no-queue", dest="queue", action="store_false", help="do not enqueue the cells left to run "
+                   "(default: enqueue them in plan order, seed-major, so that a runner of any commit takes them "
+                   "in that order)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be restored and queued; write nothing")
+    _storage_args(p)
+    p.add_argument("overrides", nargs="*", metavar="key.path=value",
+                   help="the study's extra overrides, as given to `dfgan ablate` (part of each spec hash)")
+    return _restore
+
+
+def _restore(args) -> int:
+    from dfgan.studies.restore import CELLS_FILE, read_export, restore_study
+
+    plan = plan_from_args(args)
+    source = Path(args.source or Path("reports") / plan.name / CELLS_FILE)
+    cells = read_export(source)
+    samples = Path(args.samples) if args.samples else source.parent / "figures"
+    label = _source_label(source)
+    out = restore_study(plan, cells, source=label, storage_url=args.storage, tracking_uri=args.tracking_uri,
+                        samples=samples, queue=args.queue, dry_run=args.dry_run)
+    verb = "would restore" if args.dry_run else "restored"
+    print(f"study '{plan.name}' from {label}: {verb} {len(out.restored)} cell(s), {len(out.already_done)} already "
+          f"done, {len(out.skipped)} exported run(s) not FINISHED (left out)")
+    for key in out.restored:
+        print(f"  {verb}: {key}" + ("  (final values only: no periodic evaluations in the export)"
+                                     if key in out.history_lost else ""))
+    if not args.dry_run and args.queue:
+        print(f"queued in plan order: {len(out.queued)} cell(s)" + (f": {', '.join(out.queued)}" if out.queued else ""))
+    return 0
+
+
+def _source_label(path) -> str:
+    """``path@<commit>`` when the file is committed unchanged in this repository, else the path."""
+    import subprocess
+
+    try:
+        rel = path.resolve().relative_to(Path.cwd().resolve()) if path.is_absolute() else path
+        git = ["git", "log", "-1", "--format=%h", "--", str(rel)]
+        commit = subprocess.run(git, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", str(rel)], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (subprocess.CalledProcessError, OSError, ValueError):
+        return str(path)
+    return f"{path}@{commit}" + (" (modified since)" if dirty else "") if commit else str(path)
 
 
 # ---- search -----------------------------------------------------------------------------------------------------

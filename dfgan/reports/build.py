@@ -13,6 +13,7 @@ from dfgan.reports import figures as figs
 from dfgan.reports.benchmarks import choose_bench_file, load_records, origin_note, record_origin, throughput_for_rows
 from dfgan.reports.claims import claims_report
 from dfgan.reports.collect import NoRunsError, StudyData, collect, metric_history
+from dfgan.reports.export import write_cells
 from dfgan.reports.provenance import provenance, provenance_markdown
 from dfgan.reports.stats import factorial_effects, summarise
 from dfgan.reports.tables import (
@@ -211,11 +212,12 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
         [c for c in data.cells.columns if c.startswith(("metrics.", "tags."))]
     runs_csv = folder / "runs.csv"
     data.cells[[c for c in keep if c in data.cells]].to_csv(runs_csv, index=False)
+    cells_jsonl = write_cells(data, folder)  # what `dfgan restore` puts back when the stores are lost
     prov_json = folder / "provenance.json"
     prov_json.write_text(json.dumps(prov, indent=2, default=str))
     readme = folder / "README.md"
     readme.write_text(_readme(study, kind, definition, tables, rep, prov, primary))
-    rep.files += [runs_csv, prov_json, readme]
+    rep.files += [runs_csv, cells_jsonl, prov_json, readme]
     return rep
 
 

@@ -165,7 +165,7 @@ def required_metric(spec: Spec, preferred: str | None) -> str | None:
     return metrics[0] if metrics else None
 
 
-def _objective_value(metrics: dict[str, float], preferred: str | None) -> tuple[float, str]:
+def objective_value(metrics: dict[str, float], preferred: str | None) -> tuple[float, str]:
     """The value Optuna records for a finished cell (grid studies do not optimise it: it is for dashboards).
     A non-finite value would make Optuna mark the trial failed; it is recorded as 0 with a note instead."""
     name, _ = choose_metric(list(metrics), preferred)
@@ -349,7 +349,7 @@ def run_study(plan: StudyPlan, *, storage_url: str | None = None, tracking_uri: 
                 if need and need not in metrics:  # not complete: never a done cell with a fallback objective
                     raise IncompleteCellError(f"the run ended without its objective metric '{need}' (logged: "
                                               f"{', '.join(sorted(metrics)) or 'nothing'}); re-queued")
-                value, value_name = _objective_value(metrics, need or plan.definition.metric)
+                value, value_name = objective_value(metrics, need or plan.definition.metric)
                 for k, v in {"mlflow_run_id": res.run_id, "seconds": round(time.time() - t_cell, 2),
                              "value_metric": value_name, "outcome": "trained"}.items():
                     trial.set_user_attr(k, v)
