@@ -3,11 +3,16 @@
 # MLflow store, on a frozen checkout of one commit, so that every cell records the same code while the work tree
 # goes on changing. Storage, cache, logs and runs live outside the work tree ($DFGAN_WORK, default ~/dfgan-work),
 # so a machine that is kept resumes the study: run the same command again (finished cells are never rerun,
-# killed ones are).
+# killed ones are). Before any worker starts, the trained footing the study's cells share (reports/footing/: the
+# DAMSM text encoder and the attribute classifier, see its README) is copied into the cache where missing; a
+# cache file that differs from it stops the script (another machine's rebuild would mix two footings).
 #
 #   scripts/study_workers.sh claims                 # 2 workers on HEAD's code
 #   scripts/study_workers.sh claims --commit 6d73a9f --workers 2
 #   scripts/study_workers.sh claims --dry-run       # print what would run
+#   .venv/bin/dfgan restore --study claims --storage sqlite:///$HOME/dfgan-work/runs/studies.db \
+#       --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
+#       # a machine that was not kept: the finished cells back from reports/claims/cells.jsonl, the rest queued
 #   tail -f ~/dfgan-work/logs/claims-worker1.log    # a status line every 30 s, one line per cell
 #   .venv/bin/dfgan report --study claims --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
 #   scripts/study_workers.sh claims --commit 6d73a9f --benchmarks
@@ -15,7 +20,7 @@
 #       # kill -STOP / -CONT): the training-step and sampling benchmarks of every named variant, fp32, on the
 #       # same frozen checkout -> reports/<study>/benchmarks.json, which `dfgan report` reads before the project's
 set -euo pipefail
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [[ $# -ge 1 && $1 != -* ]] || usage 2
 study=$1; shift
 commit=HEAD workers=2 dry=0 bench=0
@@ -37,6 +42,23 @@ code=$work/code-${sha:0:12}
 run() { if [[ $dry == 1 ]]; then echo "+ $*"; else "$@"; fi; }
 [[ -x $py || $dry == 1 ]] || { echo "study_workers.sh: $py is missing: build it first (python3.11 -m nox -s tests, or -s ablation)" >&2; exit 1; }
 run mkdir -p "$work/runs" "$work/cache" "$work/logs"
+footing=$repo/reports/footing  # the trained networks every cell of the claims pool shares (its README)
+if [[ -f $footing/SHA256SUMS ]]; then
+  while read -r sum rel; do
+    dst=$work/cache/$rel
+    if [[ -f $dst ]]; then
+      have=$(sha256sum "$dst" | cut -d' ' -f1)
+      if [[ $have != "$sum" ]]; then
+        echo "study_workers.sh: $dst (sha256 $have) is not the study's $rel ($sum): move it away; the study's" \
+             "copy, $footing/$rel, then takes its place" >&2
+        exit 1
+      fi
+    else
+      run mkdir -p "$(dirname "$dst")"
+      run cp "$footing/$rel" "$dst"
+    fi
+  done < "$footing/SHA256SUMS"
+fi
 if [[ ! -d $code ]]; then
   run git -C "$repo" worktree add --detach "$code" "$sha"
 fi

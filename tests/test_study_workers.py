@@ -48,3 +48,39 @@ def test_benchmarks_mode_measures_the_cost_side_on_the_frozen_checkout_and_start
     assert len(bench) == 1 and f"env -C {code} PYTHONPATH={code} " in bench[0]
     assert f"--benchmark-json={ROOT}/reports/claims/benchmarks.json" in bench[0]
     assert "dfgan ablate" not in r.stdout and "nohup" not in r.stdout
+
+
+def test_the_study_footing_goes_into_the_cache_and_a_different_file_stops_the_script(tmp_path):
+    """reports/footing holds the networks the claims study's cells record (checked against its export), the
+    script puts them in the cache, and a cache file another machine rebuilt differently stops it."""
+    import csv
+    import hashlib
+    import json
+    import sys
+
+    from dfgan.fingerprint import weights_sha256
+    from dfgan.text.encoders import load_damsm_checkpoint
+
+    footing = ROOT / "reports" / "footing"
+    rels = [line.split()[1] for line in (footing / "SHA256SUMS").read_text().splitlines() if line.strip()]
+    csv.field_size_limit(sys.maxsize)
+    with (ROOT / "reports" / "claims" / "runs.csv").open(newline="") as f:
+        runs = list(csv.DictReader(f))
+    enc = next(footing / r for r in rels if r.endswith("27.pth"))
+    meta = json.loads(enc.with_suffix(".json").read_text())
+    net = load_damsm_checkpoint(enc, meta["n_words"], device="cpu", embedding_dim=meta["embedding_dim"])
+    assert {r["tags.text_encoder_sha256"] for r in runs} == {weights_sha256(net)}
+    cls = next(footing / r for r in rels if r.startswith("attr_classifier/"))
+    assert {json.loads(r["tags.protocol.attr_acc"])["weights_sha256"] for r in runs} == \
+        {hashlib.sha256(cls.read_bytes()).hexdigest()}
+
+    r = _run("claims", "--dry-run", work=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for rel in rels:
+        assert f"+ cp {footing}/{rel} {tmp_path}/w/cache/{rel}" in r.stdout
+    bad = tmp_path / "w" / "cache" / rels[0]
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"rebuilt elsewhere")
+    r = _run("claims", "--dry-run", work=tmp_path)
+    assert r.returncode == 1 and f"{bad} (sha256 " in r.stderr and f"is not the study's {rels[0]}" in r.stderr
+    assert "nohup" not in r.stdout
