@@ -5,7 +5,6 @@ come back; an export that does not match the study writes nothing; an older ``ru
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -69,6 +68,9 @@ def test_export_then_restore_gives_back_the_study(trained, tmp_path):
             pd.testing.assert_frame_equal(rep.tables[key].frame, table.frame, check_dtype=False)
     runs = pd.read_csv(rep.folder / "runs.csv")
     assert set(runs["tags.restored_from"]) == {"cells.jsonl@abc"}
+    assert set(runs["tags.restored_history"]) == {"periodic evaluations"}
+    assert any(n.startswith("4 of the 4 cell runs were restored") and "final values only" not in n
+               for n in rep.notes)
     prov = json.loads((rep.folder / "provenance.json").read_text())
     assert any("dfgan" in c for c in prov["commands"])  # the restore's invocation, nesting the restored runs
 
@@ -111,4 +113,6 @@ def test_runs_csv_restores_final_values_and_queues_the_rest_in_plan_order(traine
     assert [t.user_attrs["spec_hash"] for t in waiting] == [trained["plan"].entry("full", 101).hash]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert {t.user_attrs["restored_from"] for t in done} == {str(part / "runs.csv")}
-    assert Path(part / "runs.csv").is_file()
+    rep = build_report("tiny", tracking_uri=uri, out_dir=str(tmp_path / "reports"), n_boot=200)
+    assert any(n.startswith("3 of the 3 cell runs were restored from a committed export") and
+               "3 of them have their final values only" in n for n in rep.notes)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from dfgan.studies.pool import shared_cell_runs, shared_invocations
+from dfgan.studies.restore import HISTORY_LOST, RESTORED_HISTORY_TAG
 
 ROLE_CELL = "cell"
 ROLE_INVOCATION = "invocation"
@@ -104,9 +105,25 @@ def collect(study: str, uri: str, overrides_set: str | None = None) -> StudyData
     n_failed = int((other["status"] == "FAILED").sum())
     if n_failed:
         notes.append(f"{n_failed} failed cell run(s) are not in the tables (their errors are in MLflow, tag 'error')")
+    notes += restored_notes(latest)
     exp_id = exp.experiment_id if exp is not None else ""
     return StudyData(study, uri, exp_id, latest.reset_index(drop=True), other.reset_index(drop=True),
                      invocations, None if chosen == "all" else chosen, notes)
+
+
+def restored_notes(cells: pd.DataFrame) -> list[str]:
+    """A note on the cell runs that ``dfgan restore`` put back from an export (tag ``restored_from``): how many,
+    from where, and how many of them kept only their final values."""
+    if "tags.restored_from" not in cells or not cells["tags.restored_from"].notna().any():
+        return []
+    r = cells[cells["tags.restored_from"].notna()]
+    lost = int((r.get(f"tags.{RESTORED_HISTORY_TAG}", pd.Series(dtype=str)) == HISTORY_LOST).sum())
+    text = (f"{len(r)} of the {len(cells)} cell runs were restored from a committed export, not trained in this "
+            f"store (`dfgan restore`; from {', '.join(sorted(set(r['tags.restored_from'])))})")
+    if lost:
+        text += (f"; {lost} of them have their final values only (the export held no periodic evaluations), so "
+                 "values before the last step have fewer seeds")
+    return [text]
 
 
 def metric_history(data: StudyData, keys: list[str]) -> pd.DataFrame:

@@ -15,7 +15,8 @@ nothing is written. A matched cell that the storage does not already have as don
 
 - an MLflow run in the study's experiment, FINISHED, with the exported tags, params (from the plan's spec where
   the export has none), metrics and start/end times, plus ``restored_from`` (the file and the commit that holds
-  it) and ``restored_run_id`` (the run it copies); the last sample grid, when the export folder has
+  it), ``restored_run_id`` (the run it copies) and ``restored_history`` (whether the periodic evaluations came
+  back or the final values only); the last sample grid, when the export folder has
   ``figures/samples_<label>_seed<seed>.png``, as the artifact ``samples/step_<steps, 7 digits>.png``;
 - an Optuna trial, COMPLETE with the study metric's value and the user attributes the runner writes
   (``outcome`` ``trained``), so that no runner trains it again.
@@ -43,6 +44,8 @@ CELLS_FILE = "cells.jsonl"
 HISTORY_POINTS = 64  # a metric logged at most this often keeps its whole history in the export
 DROPPED_TAGS = ("mlflow.parentRunId",)  # the parent invocation is not restored: the cell nests under the restore's
 RESTORED_OUTCOME = "trained"  # what the runner's ledger counts as done (dfgan.studies.ledger.cell_states)
+RESTORED_HISTORY_TAG = "restored_history"  # on a restored run: what of its metric histories came back
+HISTORY_KEPT, HISTORY_LOST = "periodic evaluations", "final values only"
 
 
 @dataclass
@@ -171,7 +174,8 @@ def _log_run(client, experiment_id: str, planned, c: ExportedCell, parent_id: st
 
     tags = {k: v for k, v in c.tags.items() if k not in DROPPED_TAGS}
     tags.update({"restored_from": source, "restored_run_id": c.run_id, "mlflow.parentRunId": parent_id,
-                 "mlflow.runName": c.tags.get("mlflow.runName", c.label)})
+                 "mlflow.runName": c.tags.get("mlflow.runName", c.label),
+                 RESTORED_HISTORY_TAG: HISTORY_KEPT if c.history else HISTORY_LOST})
     run = client.create_run(experiment_id, start_time=c.start_ms, tags=tags)
     rid = run.info.run_id
     params = c.params or {k: str(v) for k, v in planned.spec.flat().items()}
