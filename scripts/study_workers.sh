@@ -12,7 +12,8 @@
 #   scripts/study_workers.sh claims --dry-run       # print what would run
 #   .venv/bin/dfgan restore --study claims --storage sqlite:///$HOME/dfgan-work/runs/studies.db \
 #       --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
-#       # a machine that was not kept: the finished cells back from reports/claims/cells.jsonl, the rest queued
+#       # a machine that was not kept: the finished cells back from reports/claims/cells.jsonl, the rest queued;
+#       # a kept one (workers stopped): the queue back in plan order, a killed half-trained cell first
 #   tail -f ~/dfgan-work/logs/claims-worker1.log    # a status line every 30 s, one line per cell
 #   .venv/bin/dfgan report --study claims --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
 #   scripts/study_workers.sh claims --commit 6d73a9f --benchmarks
@@ -20,7 +21,7 @@
 #       # kill -STOP / -CONT): the training-step and sampling benchmarks of every named variant, fp32, on the
 #       # same frozen checkout -> reports/<study>/benchmarks.json, which `dfgan report` reads before the project's
 set -euo pipefail
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [[ $# -ge 1 && $1 != -* ]] || usage 2
 study=$1; shift
 commit=HEAD workers=2 dry=0 bench=0

@@ -116,3 +116,41 @@ def test_runs_csv_restores_final_values_and_queues_the_rest_in_plan_order(traine
     rep = build_report("tiny", tracking_uri=uri, out_dir=str(tmp_path / "reports"), n_boot=200)
     assert any(n.startswith("3 of the 3 cell runs were restored from a committed export") and
                "3 of them have their final values only" in n for n in rep.notes)
+
+
+def test_a_killed_cell_goes_back_before_new_ones(trained, tmp_path):
+    """A runner re-queues a killed cell behind every waiting one; restoring again (workers stopped) puts the
+    queue back in plan order, superseding the old entries, and appends only while a worker is alive."""
+    from optuna.trial import TrialState
+
+    plan = trained["plan"]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = [c for c in read_export(trained["rep"].folder / CELLS_FILE) if c.key == "full seed=100"]
+    out = restore_study(plan, first, source="x", storage_url=storage, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    assert out.queued == ["no_magp seed=100", "full seed=101", "no_magp seed=101"]
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    killed = study.ask()  # what a runner does with the first queued cell, then it is killed and re-queued
+    assert killed.suggest_categorical(f"variant@{plan.grid}", plan.labels) == "no_magp"
+    killed.suggest_categorical(f"seed@{plan.grid}", plan.seeds)
+    killed.set_user_attr("outcome", "failed")
+    study.tell(killed, state=TrialState.FAIL)
+    study.enqueue_trial(dict(killed.params), user_attrs={"spec_hash": plan.entry("no_magp", 100).hash})
+
+    def queue() -> list[str]:
+        waiting = optuna.load_study(study_name="tiny", storage=storage).get_trials(states=(TrialState.WAITING,))
+        fixed = [t.system_attrs["fixed_params"] for t in waiting]
+        return [f"{f[f'variant@{plan.grid}']} {f[f'seed@{plan.grid}']}" for f in fixed]
+
+    assert queue() == ["full 101", "no_magp 101", "no_magp 100"]
+    again = restore_study(plan, first, source="x", storage_url=storage, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    assert again.restored == [] and again.superseded == 3
+    assert queue() == ["no_magp 100", "full 101", "no_magp 101"]
+    assert {r["status"] for r in study_status(plan, storage)} == {"done", "queued"}
+
+    live = study.ask()  # a live worker holds a cell: nothing is pruned under it, nothing queued twice
+    live.suggest_categorical(f"variant@{plan.grid}", plan.labels)
+    live.set_user_attr("spec_hash", plan.entry("no_magp", 100).hash)
+    live.set_user_attr("outcome", "running")
+    live.set_user_attr("worker", __import__("dfgan.studies.ledger", fromlist=["x"]).worker_identity())
+    third = restore_study(plan, first, source="x", storage_url=storage, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    assert third.superseded == 0 and third.queued == [] and queue() == ["full 101", "no_magp 101"]

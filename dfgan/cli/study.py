@@ -123,9 +123,10 @@ def _restore_args(p):
                    "report's runs.csv (final values only: the periodic evaluations are not in it)")
     p.add_argument("--samples", help="folder of the report's sample grids, figures/samples_<row>_seed<seed>.png, "
                    "logged as the restored runs' last sample grid (default: the export's figures/)")
-    p.add_argument("--no-queue", dest="queue", action="store_false", help="do not enqueue the cells left to run "
-                   "(default: enqueue them in plan order, seed-major, so that a runner of any commit takes them "
-                   "in that order)")
+    p.add_argument("--no-queue", dest="queue", action="store_false", help="do not queue the cells left to run "
+                   "(default: queue them in plan order, seed-major, so that a runner of any commit takes them in "
+                   "that order and a half-trained cell goes before new ones; with no live worker the earlier "
+                   "queue is superseded, else only missing cells are appended)")
     p.add_argument("--dry-run", action="store_true", help="say what would be restored and queued; write nothing")
     _storage_args(p)
     p.add_argument("overrides", nargs="*", metavar="key.path=value",
@@ -150,7 +151,8 @@ def _restore(args) -> int:
         print(f"  {verb}: {key}" + ("  (final values only: no periodic evaluations in the export)"
                                      if key in out.history_lost else ""))
     if not args.dry_run and args.queue:
-        print(f"queued in plan order: {len(out.queued)} cell(s)" + (f": {', '.join(out.queued)}" if out.queued else ""))
+        print(f"queued in plan order: {len(out.queued)} cell(s)" + (f": {', '.join(out.queued)}" if out.queued else "")
+              + (f" ({out.superseded} earlier queue entries superseded)" if out.superseded else ""))
     return 0
 
 

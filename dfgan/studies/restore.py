@@ -21,9 +21,10 @@ nothing is written. A matched cell that the storage does not already have as don
 - an Optuna trial, COMPLETE with the study metric's value and the user attributes the runner writes
   (``outcome`` ``trained``), so that no runner trains it again.
 
-Then every cell of the plan that is neither done, running nor queued is enqueued in plan order (seed-major), so
-that a runner of any commit hands them out in that order (runners before 4ba0d5e give trial k the grid point k,
-which restored trials would otherwise shift).
+Then the cells left are queued in plan order (seed-major), so that a runner of any commit hands them out in that
+order (runners before 4ba0d5e give trial k the grid point k, which restored trials would otherwise shift), and a
+cell killed half-way goes before new ones: see ``queue_in_plan_order``. Run it again on a kept machine, with the
+workers stopped, before starting them: nothing is restored twice, and the queue is put back in order.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class RestoreOutcome:
     already_done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # exported runs that were not FINISHED
     queued: list[str] = field(default_factory=list)
+    superseded: int = 0  # earlier queue entries replaced by the plan-order queue
     history_lost: list[str] = field(default_factory=list)  # restored with final values only
 
 
@@ -203,7 +205,8 @@ def _add_trial(study, plan, planned, c: ExportedCell, run_id: str, source: str) 
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from dfgan.studies.runner import grid_param_names, objective_value, required_metric
+    from dfgan.studies.grid_sampler import grid_param_names
+    from dfgan.studies.runner import objective_value, required_metric
 
     p_variant, p_seed = grid_param_names(plan.grid)
     need = required_metric(planned.spec, plan.definition.metric)
@@ -220,20 +223,40 @@ def _add_trial(study, plan, planned, c: ExportedCell, run_id: str, source: str) 
         user_attrs=attrs))
 
 
-def queue_in_plan_order(study, plan) -> list[str]:
-    """Enqueue every cell that is neither done, running nor queued, in plan order; returns their keys."""
-    from dfgan.studies.ledger import cell_states
-    from dfgan.studies.runner import grid_param_names
+def queue_in_plan_order(study, plan) -> tuple[list[str], int]:
+    """Queue, in plan order, every cell that is neither done nor being trained by a live worker; returns their
+    keys and how many earlier queue entries were superseded.
+
+    Runners put a re-queued cell (a killed one, with its checkpoint) behind every cell already waiting, so a
+    study stopped part-way would train new cells before finishing its half-trained ones. With no live worker
+    (no trial RUNNING whose worker is alive), the queue is therefore rebuilt: the waiting trials of this grid are
+    told PRUNED (outcome ``superseded``, which no ledger counts) and every cell left is enqueued in plan order.
+    With a live worker, popping and pruning could race, so only cells that have no queue entry are appended."""
+    from optuna.trial import TrialState
+
+    from dfgan.studies.grid_sampler import grid_param_names
+    from dfgan.studies.ledger import cell_states, is_stale
 
     p_variant, p_seed = grid_param_names(plan.grid)
+    trials = study.get_trials(deepcopy=False)
+    live = any(t.state == TrialState.RUNNING and not is_stale(t) for t in trials)
+    hashes = {e.hash for e in plan.entries}
+    superseded = 0
+    if not live:
+        for t in trials:
+            if t.state == TrialState.WAITING and t.user_attrs.get("spec_hash") in hashes:
+                study._storage.set_trial_user_attr(t._trial_id, "outcome", "superseded")
+                study._storage.set_trial_state_values(t._trial_id, TrialState.PRUNED)
+                superseded += 1
     states = cell_states(study)
     out = []
     for e in plan.entries:
         st = states.get(e.hash)
-        if st is None or st.status in ("pending", "failed"):
-            study.enqueue_trial({p_variant: e.cell.label, p_seed: e.seed}, user_attrs={"spec_hash": e.hash})
-            out.append(e.key)
-    return out
+        if st is not None and (st.done or st.waiting or any(not is_stale(t) for t in st.running)):
+            continue
+        study.enqueue_trial({p_variant: e.cell.label, p_seed: e.seed}, user_attrs={"spec_hash": e.hash})
+        out.append(e.key)
+    return out, superseded
 
 
 def _existing_states(name: str, storage_url: str) -> dict:
@@ -304,5 +327,5 @@ def restore_study(plan, cells: list[ExportedCell], *, source: str, storage_url: 
             parent.set_tags({"cells_restored": len(out.restored)})
             parent.end("FINISHED" if len(out.restored) == len(todo) else "FAILED")
     if queue:
-        out.queued = queue_in_plan_order(study, plan)
+        out.queued, out.superseded = queue_in_plan_order(study, plan)
     return out
