@@ -40,6 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from dfgan.spec import SpecError
+from dfgan.studies.grid_sampler import grid_param_names
+from dfgan.studies.ledger import cell_states, is_stale
+from dfgan.studies.mlflow_glue import InvocationRun
+from dfgan.studies.pool import join_pool
+from dfgan.studies.runner import load_or_create_study, objective_value, required_metric
+from dfgan.studies.storage import default_storage_url, describe_storage, open_storage
+from dfgan.tracking import resolve_uri, sqlite_file
 
 CELLS_FILE = "cells.jsonl"
 HISTORY_POINTS = 64  # a metric logged at most this often keeps its whole history in the export
@@ -205,8 +212,6 @@ def _add_trial(study, plan, planned, c: ExportedCell, run_id: str, source: str) 
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from dfgan.studies.grid_sampler import grid_param_names
-    from dfgan.studies.runner import objective_value, required_metric
 
     p_variant, p_seed = grid_param_names(plan.grid)
     need = required_metric(planned.spec, plan.definition.metric)
@@ -234,8 +239,6 @@ def queue_in_plan_order(study, plan) -> tuple[list[str], int]:
     With a live worker, popping and pruning could race, so only cells that have no queue entry are appended."""
     from optuna.trial import TrialState
 
-    from dfgan.studies.grid_sampler import grid_param_names
-    from dfgan.studies.ledger import cell_states, is_stale
 
     p_variant, p_seed = grid_param_names(plan.grid)
     trials = study.get_trials(deepcopy=False)
@@ -263,9 +266,6 @@ def _existing_states(name: str, storage_url: str) -> dict:
     """The cell states of study ``name`` if the storage has it; {} (and nothing created) if not."""
     import optuna
 
-    from dfgan.studies.ledger import cell_states
-    from dfgan.studies.storage import open_storage
-    from dfgan.tracking import sqlite_file
 
     path = sqlite_file(storage_url)
     if path is not None and not path.exists():
@@ -280,12 +280,6 @@ def restore_study(plan, cells: list[ExportedCell], *, source: str, storage_url: 
                   tracking_uri: str | None = None, samples: Path | None = None, queue: bool = True,
                   dry_run: bool = False) -> RestoreOutcome:
     """Restore ``cells`` (read from ``source``) into the study of ``plan`` (see the module docstring)."""
-    from dfgan.studies.ledger import cell_states
-    from dfgan.studies.mlflow_glue import InvocationRun
-    from dfgan.studies.pool import join_pool
-    from dfgan.studies.runner import load_or_create_study
-    from dfgan.studies.storage import default_storage_url, describe_storage, open_storage
-    from dfgan.tracking import resolve_uri
 
     out = RestoreOutcome(skipped=[c.key for c in cells if c.status != "FINISHED"])
     pairs = match_plan(plan, cells)
