@@ -10,10 +10,9 @@
 #   scripts/study_workers.sh claims                 # 2 workers on HEAD's code
 #   scripts/study_workers.sh claims --commit 6d73a9f --workers 2
 #   scripts/study_workers.sh claims --dry-run       # print what would run
-#   .venv/bin/dfgan restore --study claims --storage sqlite:///$HOME/dfgan-work/runs/studies.db \
-#       --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
-#       # a machine that was not kept: the finished cells back from reports/claims/cells.jsonl, the rest queued;
-#       # a kept one (workers stopped): the queue back in plan order, a killed half-trained cell first
+#       # each start first runs `dfgan restore --study claims` on the stores (when reports/claims/cells.jsonl
+#       # exists): a machine that was not kept gets the finished cells back from it, the rest queued; a kept one
+#       # gets its queue back in plan order, a killed half-trained cell first
 #   tail -f ~/dfgan-work/logs/claims-worker1.log    # a status line every 30 s, one line per cell
 #   .venv/bin/dfgan report --study claims --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
 #   scripts/study_workers.sh claims --commit 6d73a9f --benchmarks
@@ -21,7 +20,7 @@
 #       # kill -STOP / -CONT): the training-step and sampling benchmarks of every named variant, fp32, on the
 #       # same frozen checkout -> reports/<study>/benchmarks.json, which `dfgan report` reads before the project's
 set -euo pipefail
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [[ $# -ge 1 && $1 != -* ]] || usage 2
 study=$1; shift
 commit=HEAD workers=2 dry=0 bench=0
@@ -73,6 +72,13 @@ if [[ $bench == 1 ]]; then  # pytest-benchmark records the checkout's commit: th
       -q -k "(test_train_step or test_sampling_variant) and fp32" --benchmark-json="$out"
   echo "cost side of '$study' (commit $sha): $out"
   exit 0
+fi
+if [[ -f $repo/reports/$study/cells.jsonl ]]; then
+  # the study's finished cells back from its committed export when the stores are new (a machine that was not
+  # kept), and the queue in plan order (a killed half-trained cell first): nothing is restored twice, and the
+  # spec hashes must be the study's (dfgan.studies.restore)
+  run env -C "$repo" "$py" -m dfgan restore --study "$study" --storage "sqlite:///$work/runs/studies.db" \
+      --tracking-uri "sqlite:///$work/runs/mlflow.db"
 fi
 for w in $(seq 1 "$workers"); do
   log=$work/logs/$study-worker$w.log

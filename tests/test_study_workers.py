@@ -28,6 +28,10 @@ def test_dry_run_names_one_commit_the_stores_and_one_thread_workers(tmp_path):
     assert [x.rsplit(">>", 1)[1].split()[0] for x in workers] == [
         f"{tmp_path}/w/logs/claims-worker{i}.log" for i in (1, 2, 3)]
     assert not (tmp_path / "w").exists()  # a dry run creates nothing
+    # before the workers: the finished cells back from the committed export, the queue in plan order
+    restore = lines.index(f"+ env -C {ROOT} {ROOT}/.venv/bin/python -m dfgan restore --study claims --storage "
+                          f"sqlite:///{tmp_path}/w/runs/studies.db --tracking-uri sqlite:///{tmp_path}/w/runs/mlflow.db")
+    assert restore < lines.index(workers[0])
 
 
 def test_bad_arguments_say_what_is_wrong(tmp_path):
