@@ -20,6 +20,7 @@ from dfgan.reports.claims import (
     INCONCLUSIVE,
     SUPPORTED,
     ClaimTest,
+    common_seeds,
     figure_curves,
     judge,
     orientation,
@@ -85,6 +86,17 @@ def test_holm_across_claims_and_too_few_seeds():
     # different seeds: Welch, its own p
     dw, pw, *_ = t_test(_seeds([0.9, 0.91, 0.92, 0.9, 0.93]), {1: 0.5, 2: 0.52, 3: 0.49}, 1)
     assert not dw.paired and pw == pytest.approx(dw.p) and pw < 0.05
+    # a study part-way through (full has seeds whose arm has not finished): paired over the common seeds, the
+    # others named in the table, never a Welch test of unequal groups that ignores the pairing
+    paper, arm = _seeds([0.9, 0.91, 0.92, 0.9, 0.93]), {100: 0.8, 101: 0.85}
+    dp, pp, *_ = t_test(paper, arm, 1)
+    assert dp.paired and dp.n == 2 and dp.diff == pytest.approx(((0.9 - 0.8) + (0.91 - 0.85)) / 2)
+    assert pp == pytest.approx(stats.ttest_1samp([0.1, 0.06], 0).pvalue)
+    assert common_seeds(paper, arm)[2] == [("paper", 102), ("paper", 103), ("paper", 104)]
+    test = ClaimTest("k", "s", "full", "stacked", "attr_acc", dp, pp, pp, None, INCONCLUSIVE,
+                     ["full seed 102", "full seed 103"])
+    assert any("left out of the test until it has (full seed 102, full seed 103)" in n
+               for n in table_claims([test], "claims").notes)
 
 
 # ---- the report end to end ------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ class ClaimTest:
     p_holm: float | None = None
     mde: float | None = None  # at the strictest Holm level, 80% power
     verdict: str = INCONCLUSIVE
+    unpaired: list[str] = field(default_factory=list)  # "row seed N": finished, its pair not yet: not in the test
 
 
 @dataclass
@@ -77,9 +78,22 @@ def _oriented(d: Diff, sign: int) -> Diff:
     return replace(d, diff=-d.diff, lo=lo, hi=hi)
 
 
+def common_seeds(paper: dict[int, float], arm: dict[int, float]) -> tuple[dict, dict, list[tuple[str, int]]]:
+    """The claims are a paired design (each arm beside ``full`` at the same seeds): with at least one seed in
+    common, only the common seeds are compared, and the seeds of one row alone (a study part-way through, whose
+    pair has not finished yet) are returned as ("paper"/"arm", seed) to be named, not mixed in as a Welch test
+    over unequal groups. No seed in common: both as they are (Welch)."""
+    common = set(paper) & set(arm)
+    if not common or set(paper) == set(arm):
+        return paper, arm, []
+    alone = [("paper", s) for s in sorted(set(paper) - common)] + [("arm", s) for s in sorted(set(arm) - common)]
+    return {s: paper[s] for s in sorted(common)}, {s: arm[s] for s in sorted(common)}, alone
+
+
 def t_test(paper: dict[int, float], arm: dict[int, float], sign: int = 1) -> tuple[Diff, float | None, float, float]:
     """Oriented difference paper - arm with its t interval, and the p, standard error and df of the t test that
-    the interval comes from (paired over common seeds, else Welch)."""
+    the interval comes from (paired over the common seeds, see ``common_seeds``; Welch when there are none)."""
+    paper, arm, _ = common_seeds(paper, arm)
     d = compare(paper, arm)
     if d.lo is None:
         return _oriented(d, sign), None, math.nan, math.nan
@@ -131,7 +145,9 @@ def claim_tests(data: StudyData, definition, primary: str) -> list[ClaimTest]:
     for key, (statement, paper, arm, metric) in meta.items():
         if key in judged:
             d, p, ph, md, v = judged[key]
-            out.append(ClaimTest(key, statement, paper, arm, metric, d, p, ph, md, v))
+            alone = common_seeds(pairs[key][0], pairs[key][1])[2]
+            out.append(ClaimTest(key, statement, paper, arm, metric, d, p, ph, md, v,
+                                 [f"{paper if who == 'paper' else arm} seed {s}" for who, s in alone]))
         else:
             out.append(ClaimTest(key, statement, paper, arm, metric, None))
     return out
@@ -157,10 +173,11 @@ def table_claims(tests: list[ClaimTest], study: str) -> Table:
     m = sum(t.p is not None for t in tests)
     unknown = sorted({t.metric for t in tests if higher_is_better(t.metric) is None})
     notes = [
-        "Δ = paper row - arm row, per seed where both rows ran the same seeds (paired: same data order, same "
-        "noise per step; else Welch), with the sign flipped for lower-is-better metrics, so Δ > 0 is always in "
+        "Δ = paper row - arm row, per seed over the seeds both rows ran (paired: same data order, same noise per "
+        "step; Welch only where they have no seed in common), with the sign flipped for lower-is-better metrics, "
+        "so Δ > 0 is always in "
         f"the paper's favour. {int(CONFIDENCE * 100)}% Student-t interval of the mean Δ, each on its own.",
-        "Verdict: from the t test whose interval is shown (paired t; Welch where the seeds differ), Holm-adjusted "
+        "Verdict: from the t test whose interval is shown (paired t; Welch where no seed is common), Holm-adjusted "
         + (f"across the {m} claim(s) of this table that have a test" if m else
            "across the claims that have a test (none yet: a test needs at least 2 seeds of both rows)")
         + f": {SUPPORTED} = adjusted p < {ALPHA:.2g} and Δ > 0; {CONTRADICTED} "
@@ -174,6 +191,10 @@ def table_claims(tests: list[ClaimTest], study: str) -> Table:
         "below 6 seeds it can never reach 0.05, and below 8 never the Holm level of 4 claims.",
         f"Rows and runs: `dfgan report --study {study}`; the study's own table of differences has the same Δ "
         "unoriented."]
+    unpaired = sorted({u for t in tests for u in t.unpaired})
+    if unpaired:
+        notes.append("Paired over the seeds both rows have: finished cells whose pair has not finished yet are left "
+                     f"out of the test until it has ({', '.join(unpaired)}).")
     if unknown:
         notes.append(f"Direction unknown for {', '.join(unknown)}: taken as higher is better.")
     return Table("claims", "The paper's claims: paired differences and verdicts", pd.DataFrame(rows), notes)
