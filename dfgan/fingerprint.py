@@ -58,6 +58,19 @@ def read_code_version(root: str | Path = ROOT) -> CodeVersion:
 CODE = read_code_version()  # the code this process imported
 
 
+def file_commit(path: str | Path, root: str | Path = ROOT) -> tuple[str | None, bool]:
+    """The short commit that last changed ``path`` in the checkout at ``root`` (None: untracked, no git, or
+    outside the checkout) and whether the file differs from it now."""
+    try:
+        rel = Path(path).resolve().relative_to(Path(root).resolve())
+        log = _git(Path(root), "log", "-1", "--format=%h", "--", str(rel))
+        status = _git(Path(root), "status", "--porcelain", "--", str(rel))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None, False
+    commit = log.stdout.strip() if log.returncode == 0 else ""
+    return (commit or None), bool(status.stdout.strip()) if status.returncode == 0 else False
+
+
 def weights_sha256(module) -> str | None:
     """sha256 of a network's state dict (sorted names, dtypes, shapes, bytes); None for what has none."""
     import torch  # here, not at the top: ``import dfgan`` (the CLI's start) stays free of torch

@@ -11,7 +11,7 @@ import torch
 
 from dfgan import fingerprint, tracking
 from dfgan.experiment import resolve_spec
-from dfgan.fingerprint import CodeVersion, read_code_version, weights_sha256
+from dfgan.fingerprint import CodeVersion, file_commit, read_code_version, weights_sha256
 
 
 def _git(root, *args):
@@ -31,6 +31,23 @@ def test_code_version_of_a_checkout(tmp_path):
     dirty = read_code_version(tmp_path)
     assert dirty.commit == clean.commit and dirty.label == clean.commit + "-dirty"
     assert "-x = 1" in dirty.diff and "+x = 2" in dirty.diff and len(dirty.diff_sha256) == 64
+
+
+def test_file_commit_names_the_last_change_of_one_file(tmp_path):
+    assert file_commit(tmp_path / "a.txt", tmp_path) == (None, False)  # not a checkout
+    _git(tmp_path, "init", "-q")
+    for name, text in (("a.txt", "1"), ("b.txt", "1")):
+        (tmp_path / name).write_text(text)
+        _git(tmp_path, "add", name)
+        _git(tmp_path, "commit", "-qm", name)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD~1"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    assert file_commit(tmp_path / "a.txt", tmp_path) == (head, False)  # a.txt's commit, not HEAD's
+    (tmp_path / "a.txt").write_text("2")
+    assert file_commit(tmp_path / "a.txt", tmp_path) == (head, True)
+    (tmp_path / "c.txt").write_text("new")
+    assert file_commit(tmp_path / "c.txt", tmp_path)[0] is None  # untracked
+    assert file_commit(tmp_path.parent / "elsewhere.txt", tmp_path) == (None, False)  # outside the checkout
 
 
 def test_runs_record_the_code_imported_not_head_now(tmp_path, monkeypatch):

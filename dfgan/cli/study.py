@@ -157,18 +157,12 @@ def _restore(args) -> int:
 
 
 def _source_label(path) -> str:
-    """``path@<commit>`` when the file is committed unchanged in this repository, else the path."""
-    import subprocess
+    """``path@<commit>`` when the file is committed in this checkout (`` (modified since)`` if it changed), else
+    the path."""
+    from dfgan.fingerprint import file_commit
 
-    try:
-        rel = path.resolve().relative_to(Path.cwd().resolve()) if path.is_absolute() else path
-        git = ["git", "log", "-1", "--format=%h", "--", str(rel)]
-        commit = subprocess.run(git, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", str(rel)], capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (subprocess.CalledProcessError, OSError, ValueError):
-        return str(path)
-    return f"{path}@{commit}" + (" (modified since)" if dirty else "") if commit else str(path)
+    commit, modified = file_commit(path, Path.cwd())
+    return f"{path}@{commit}" + (" (modified since)" if modified else "") if commit else str(path)
 
 
 # ---- search -----------------------------------------------------------------------------------------------------

@@ -81,6 +81,13 @@ class InvocationRun:
         self.run_id = run.info.run_id
         return self.run_id
 
+    @property
+    def client(self):
+        """The MlflowClient of the started run (for runs logged beside it, e.g. restored cells)."""
+        if self._client is None:
+            raise RuntimeError("InvocationRun.client: call start() first")
+        return self._client
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.run_id:
             for k, v in tags.items():

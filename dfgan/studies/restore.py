@@ -33,6 +33,7 @@ import csv
 import json
 import math
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -198,8 +199,6 @@ def _log_run(client, experiment_id: str, planned, c: ExportedCell, parent_id: st
     client.log_text(rid, planned.spec.to_yaml(), "spec.yaml")
     grid = samples / f"samples_{c.label}_seed{c.seed}.png" if samples else None
     if grid is not None and grid.is_file():
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:  # the name the training loop gives a sample grid
             dst = Path(tmp) / f"step_{step:07d}.png"
             dst.write_bytes(grid.read_bytes())
@@ -308,7 +307,7 @@ def restore_study(plan, cells: list[ExportedCell], *, source: str, storage_url: 
             "study_kind": plan.definition.kind, "grid": plan.grid, "restored_from": source,
             "cells": ",".join(plan.labels), "optuna_storage": describe_storage(storage_url)})
         parent_id = parent.start()
-        client = parent._client
+        client = parent.client
         exp_id = client.get_experiment_by_name(plan.name).experiment_id
         try:
             for planned, c in todo:
