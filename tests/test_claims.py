@@ -25,6 +25,7 @@ from dfgan.reports.claims import (
     judge,
     orientation,
     t_test,
+    table_budgets,
     table_claims,
 )
 from dfgan.reports.stats import mde
@@ -267,3 +268,19 @@ def test_notes_say_when_no_claim_has_a_test_yet():
     diff_notes = " ".join(_difference_notes([], 0, ["attr_acc"], "full", "attr_acc (higher is better)", False,
                                             "t"))
     assert "Holm p: no test yet" in diff_notes and "over the 0 distinct tests" not in diff_notes
+
+
+def test_budgets_compare_only_seeds_both_rows_evaluated():
+    """Per step, a paired design compares the seeds both rows have at that step; two single cells of different
+    seeds (an arm restored without its periodic evaluations) give no Δ, and the table says which seeds each has."""
+    import pandas as pd
+
+    rows = [("full", 102, 1500, 0.60), ("stacked", 101, 1500, 0.70),  # no common seed at 1500
+            ("full", 101, 3000, 0.80), ("full", 102, 3000, 0.70), ("stacked", 101, 3000, 0.75),
+            ("stacked", 102, 3000, 0.60)]
+    hist = pd.DataFrame(rows, columns=["variant", "seed", "step", "value"]).assign(metric="attr_acc", run_id="r")
+    t = ClaimTest("one_stage", "s", "full", "stacked", "attr_acc", None)
+    row = table_budgets([t], hist).frame.iloc[0]
+    assert row["step 1500"] == "no seed in common (seed 102 vs seed 101)"
+    assert row["step 3000"].startswith("+0.075 [")  # paired over 101 and 102: mean of +0.05 and +0.10
+    assert row["same sign at every step"] == "yes"  # one step with a Δ
