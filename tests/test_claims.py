@@ -21,13 +21,13 @@ from dfgan.reports.claims import (
     SUPPORTED,
     ClaimTest,
     common_seeds,
-    figure_curves,
     judge,
     orientation,
     t_test,
     table_budgets,
     table_claims,
 )
+from dfgan.reports.figures import paired_curves
 from dfgan.reports.stats import mde
 from dfgan.reports.tables import _difference_notes
 from dfgan.studies.definition import load_study_definition
@@ -256,8 +256,7 @@ def test_curves_of_a_study_part_way_through(tmp_path):
 
     hist = pd.DataFrame({"variant": ["full"] * 4, "seed": [100] * 4, "metric": ["attr_acc"] * 4,
                          "step": [1500, 3000, 4500, 6000], "value": [0.5, 0.7, 0.8, 0.9], "run_id": ["r"] * 4})
-    t = ClaimTest("one_stage", "s", "full", "stacked", "attr_acc", None)
-    assert figure_curves([t], hist, tmp_path / "c.png").stat().st_size > 0
+    assert paired_curves([("one_stage", "attr_acc", "full", "stacked")], hist, tmp_path / "c.png").stat().st_size > 0
 
 
 def test_notes_say_when_no_claim_has_a_test_yet():

@@ -209,7 +209,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
 
     # runs, provenance, README
     keep = ["run_id", "variant", "seed", "status", "start_time", "end_time"] + \
-        [c for c in data.cells.columns if c.startswith(("metrics.", "tags."))]
+        sorted(c for c in data.cells.columns if c.startswith(("metrics.", "tags.")))  # same order every export
     runs_csv = folder / "runs.csv"
     data.cells[[c for c in keep if c in data.cells]].to_csv(runs_csv, index=False)
     cells_jsonl = write_cells(data, folder)  # what `dfgan restore` puts back when the stores are lost

@@ -22,7 +22,6 @@ text-image consistency, Sec. 3.2.1; the DFBlock beats cross-modal attention at l
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,12 +33,13 @@ from dfgan.experiment import resolve_spec, spec_nop
 from dfgan.metrics.names import arrow, higher_is_better
 from dfgan.reports.benchmarks import fastest_of_variant, round_spread, same_generator, variant_records
 from dfgan.reports.collect import StudyData, metric_history
+from dfgan.reports.figures import paired_curves
+from dfgan.reports.samples import sample_grids
 from dfgan.reports.stats import ALPHA, CONFIDENCE, POWER, Diff, compare, holm, mde, seed_values, welch_interval
 from dfgan.reports.tables import Table, fmt, fmt_count, fmt_diff
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive at this power"
 PAPER_SIZE = ["model.nf=32", "data.imsize=256"]  # the NoP of reports/nop_variants.md (DF-GAN on CUB, 256 px)
-SAMPLE_SEED = 100  # DF-GAN's seed: the run whose sample grid is shown per row (else the smallest seed)
 THROUGHPUT_KINDS = {"train_step": "training", "sampling_variant": "sampling"}  # benchmark kind -> column
 
 
@@ -303,9 +303,9 @@ def table_budgets(tests: list[ClaimTest], hist: pd.DataFrame) -> Table:
         row["same sign at every step"] = ("yes" if len(set(signs)) == 1 else "no") if signs else "–"
         rows.append(row)
     notes = ["Δ in the paper's favour (as in the claims table) at each evaluation step of the runs (the periodic "
-             "evaluations and the final one), with its 95% t interval over the seeds both rows evaluated at that step (none in common: no Δ); no "
-             "multiplicity adjustment: this table shows whether the ranking holds across budgets, the verdicts are "
-             "in the claims table."]
+             "evaluations and the final one), with its 95% t interval over the seeds both rows evaluated at that "
+             "step (none in common: no Δ); no multiplicity adjustment: this table shows whether the ranking holds "
+             "across budgets, the verdicts are in the claims table."]
     return Table("claims_budgets", "Does the ranking hold across budgets?", pd.DataFrame(rows), notes)
 
 
@@ -315,82 +315,6 @@ def _seeds(by_seed: dict[int, float]) -> str:
 
 def _by_seed(rows: pd.DataFrame) -> dict[int, float]:
     return {int(s): float(v) for s, v in zip(rows["seed"], rows["value"], strict=True)}
-
-
-def figure_curves(tests: list[ClaimTest], hist: pd.DataFrame, path: Path) -> Path:
-    """One panel per claim: the metric at each evaluation step, mean over seeds with its 95% t interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, max(1, len(tests)), figsize=(4 * max(1, len(tests)), 3.6), squeeze=False)
-    for ax, t in zip(axes[0], tests, strict=False):
-        h = hist[hist["metric"] == t.metric]
-        for row, colour in ((t.paper, "C0"), (t.arm, "C3")):
-            rows = h[h["variant"] == row]
-            if rows.empty:  # an arm with no finished cell yet (a study part-way through)
-                continue
-            st = pd.DataFrame({step: _mean_ci(v.to_numpy(float)) for step, v in rows.groupby("step")["value"]},
-                              index=["mean", "lo", "hi"]).T.sort_index()
-            ax.plot(st.index, st["mean"], "o-", color=colour, label=row)
-            ax.fill_between(st.index, st["lo"], st["hi"], color=colour, alpha=0.2)
-        ax.set(title=t.key, xlabel="training step", ylabel=f"{t.metric}{arrow(t.metric)}")
-        ax.legend(fontsize="small")
-    fig.suptitle("claims: metric at each evaluation, mean over seeds with 95% t interval", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _mean_ci(x: np.ndarray) -> tuple[float, float, float]:
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, m, m
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - half, m + half
-
-
-# ---- sample grids ------------------------------------------------------------------------------------------------
-def last_sample(run: pd.Series, uri: str) -> tuple[Path | None, str]:
-    """The last step's sample grid of a run: from its run folder (params train.out_dir, name, tag spec_hash),
-    else its MLflow artifacts; (None, why) when there is none."""
-    out_dir, name, h = run.get("params.train.out_dir"), run.get("params.name"), run.get("tags.spec_hash")
-    if isinstance(out_dir, str) and isinstance(name, str) and isinstance(h, str):
-        found = sorted((Path(out_dir) / f"{name}-{h}" / "samples").glob("step_*.png"))
-        if found:
-            return found[-1], "run folder"
-    try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(uri)
-        arts = sorted(a.path for a in client.list_artifacts(run["run_id"], "samples") if a.path.endswith(".png"))
-        if arts:
-            return Path(client.download_artifacts(run["run_id"], arts[-1])), "MLflow artifact"
-    except Exception as e:  # no artifact store reachable
-        return None, f"no sample grid ({type(e).__name__})"
-    return None, "no sample grid"
-
-
-def sample_grids(data: StudyData, rows: list[str], folder: Path) -> tuple[list[Path], list[str]]:
-    files, missing = [], []
-    for row in rows:
-        runs = data.cells[data.cells["variant"] == row]
-        if runs.empty:
-            continue
-        seeds = sorted(int(s) for s in runs["seed"].dropna())
-        seed = SAMPLE_SEED if SAMPLE_SEED in seeds else seeds[0]
-        src, why = last_sample(runs[runs["seed"] == seed].iloc[0], data.uri)
-        if src is None:
-            missing.append(f"{row} (seed {seed}): {why}")
-            continue
-        dst = folder / f"samples_{row}_seed{seed}.png"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-        files.append(dst)
-    return files, missing
 
 
 # ---- the part of the report --------------------------------------------------------------------------------------
@@ -404,7 +328,8 @@ def claims_report(data: StudyData, definition, primary: str, folder: Path, bench
     hist = budget_history(data, tests)
     part.tables.append(table_budgets(tests, hist))
     if len(hist):
-        part.files.append(figure_curves(tests, hist, folder / "figures" / "claims_curves.png"))
+        panels = [(t.key, t.metric, t.paper, t.arm) for t in tests]
+        part.files.append(paired_curves(panels, hist, folder / "figures" / "claims_curves.png"))
     rows = list(dict.fromkeys(r for t in tests for r in (t.paper, t.arm)))
     grids, missing = sample_grids(data, rows, folder / "figures")
     part.files += grids

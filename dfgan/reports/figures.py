@@ -1,5 +1,5 @@
 """The report's figures (seaborn): metric curves with seed bands, final metric with intervals per variant,
-quality vs size vs throughput, and factorial effects."""
+quality vs size vs throughput, factorial effects, and paired rows' curves side by side (one panel per claim)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,10 @@ def final_points(cells: pd.DataFrame, metric: str, order: list[str], path: Path)
     d = cells.dropna(subset=[col])
     order = [o for o in order if o in set(d["variant"])]
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(order) + 1.5))
+    state = np.random.get_state()  # seaborn jitters with numpy's global generator: fixed, so that every export
+    np.random.seed(0)              # of the same runs draws the same figure (a committed report diffs cleanly)
     sns.stripplot(data=d, x=col, y="variant", order=order, color="0.55", size=5, jitter=0.15, ax=ax)
+    np.random.set_state(state)
     for i, r in mean_intervals(d, col, order).iterrows():
         if r["n"] >= 2:
             ax.errorbar(r["mean"], i, xerr=[[r["mean"] - r["lo"]], [r["hi"] - r["mean"]]], fmt="D", color="C0",
@@ -99,4 +102,26 @@ def effects(table: pd.DataFrame, metric: str, path: Path) -> Path:
     ax.set_yticks(y, t["term"])
     title = "factorial effects, 95% CI (pure error)" if finite else "factorial effects (no replication: no intervals)"
     ax.set(xlabel=f"effect on {metric}{arrow(metric)} (first level - second)", title=title)
+    return _save(fig, path)
+
+
+def paired_curves(panels: list[tuple[str, str, str, str]], history: pd.DataFrame, path: Path,
+                  title: str = "claims: metric at each evaluation, mean over seeds with 95% t interval") -> Path:
+    """One panel per (title, metric, paper row, arm row): the metric at each evaluation step of both rows, mean
+    over seeds with its 95% t interval (a step with one seed: the point alone). ``history``: long table
+    (variant, seed, metric, step, value). A row with no run yet (a study part-way through) is left out."""
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4 * max(1, len(panels)), 3.6), squeeze=False)
+    for ax, (name, metric, paper, arm) in zip(axes[0], panels, strict=False):
+        h = history[history["metric"] == metric]
+        for row, colour in ((paper, "C0"), (arm, "C3")):
+            rows = h[h["variant"] == row]
+            if rows.empty:
+                continue
+            st = mean_intervals(rows, "value", sorted(rows["step"].unique()), by="step")
+            ax.plot(st["step"], st["mean"], "o-", color=colour, label=row)
+            ax.fill_between(st["step"], st["lo"].fillna(st["mean"]), st["hi"].fillna(st["mean"]), color=colour,
+                            alpha=0.2)
+        ax.set(title=name, xlabel="training step", ylabel=f"{metric}{arrow(metric)}")
+        ax.legend(fontsize="small")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -27,9 +27,9 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series | None:
 def provenance(data: StudyData, report_commit: str, bench_origin: dict | None = None) -> dict[str, Any]:
     c = data.cells
     protocol = {col[len("tags.protocol."):]: _distinct(c[col])
-                for col in c.columns if col.startswith("tags.protocol.")}
+                for col in sorted(c.columns) if col.startswith("tags.protocol.")}  # sorted: same text every export
     inv = data.invocations
-    hw_cols = [col for col in inv.columns if col.startswith("tags.hw.")] if not inv.empty else []
+    hw_cols = sorted(col for col in inv.columns if col.startswith("tags.hw.")) if not inv.empty else []
     hardware = {col[len("tags.hw."):]: _distinct(data.invocations[col]) for col in hw_cols}
     for key in ("device", "torch", "host", "world_size"):
         vals = _distinct(_col(c, f"tags.{key}"))
