@@ -300,7 +300,8 @@ def table_budgets(tests: list[ClaimTest], hist: pd.DataFrame) -> Table:
             d, *_ = t_test(a, b, orientation(t.metric))
             signs.append(np.sign(d.diff))
             row[f"step {step}"] = _fmt_ci(d)
-        row["same sign at every step"] = ("yes" if len(set(signs)) == 1 else "no") if signs else "–"
+        row["same sign at every step"] = ("–" if not signs else "one step compared" if len(signs) == 1
+                                          else "yes" if len(set(signs)) == 1 else "no")
         rows.append(row)
     notes = ["Δ in the paper's favour (as in the claims table) at each evaluation step of the runs (the periodic "
              "evaluations and the final one), with its 95% t interval over the seeds both rows evaluated at that "
