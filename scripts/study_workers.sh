@@ -12,15 +12,17 @@
 #   scripts/study_workers.sh claims --dry-run       # print what would run
 #       # each start first runs `dfgan restore --study claims` on the stores (when reports/claims/cells.jsonl
 #       # exists): a machine that was not kept gets the finished cells back from it, the rest queued; a kept one
-#       # gets its queue back in plan order, a killed half-trained cell first
+#       # gets its queue back in plan order, a killed half-trained cell first; then `dfgan commits --expect`
+#       # stops it if a cell of the study's pool ran another commit (one study, one commit)
 #   tail -f ~/dfgan-work/logs/claims-worker1.log    # a status line every 30 s, one line per cell
 #   .venv/bin/dfgan report --study claims --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
 #   scripts/study_workers.sh claims --commit 6d73a9f --benchmarks
 #       # no workers: the cost side instead, in the foreground (~10 min on 2 cores; pause the workers first,
 #       # kill -STOP / -CONT): the training-step and sampling benchmarks of every named variant, fp32, on the
 #       # same frozen checkout -> reports/<study>/benchmarks.json, which `dfgan report` reads before the project's
+#       # reports/benchmarks.json
 set -euo pipefail
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 [[ $# -ge 1 && $1 != -* ]] || usage 2
 study=$1; shift
 commit=HEAD workers=2 dry=0 bench=0
@@ -80,6 +82,9 @@ if [[ -f $repo/reports/$study/cells.jsonl ]]; then
   run env -C "$repo" "$py" -m dfgan restore --study "$study" --storage "sqlite:///$work/runs/studies.db" \
       --tracking-uri "sqlite:///$work/runs/mlflow.db"
 fi
+# one study, one commit: stop if a cell run of the study or of a study sharing its cells ran other code
+run env -C "$repo" "$py" -m dfgan commits --study "$study" --tracking-uri "sqlite:///$work/runs/mlflow.db" \
+    --expect "$sha"
 for w in $(seq 1 "$workers"); do
   log=$work/logs/$study-worker$w.log
   cmd=(env -C "$code" PYTHONPATH="$code" DFGAN_CACHE="$work/cache" OMP_NUM_THREADS=1

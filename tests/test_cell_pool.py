@@ -7,10 +7,11 @@ import mlflow
 import optuna
 import pytest
 
+from dfgan.cli import main
 from dfgan.reports.build import build_report
 from dfgan.reports.collect import collect
 from dfgan.run_identity import run_hash
-from dfgan.studies.definition import StudyDefinition, load_study_definition
+from dfgan.studies.definition import StudyDefinition, load_study_definition, pool_members
 from dfgan.studies.ledger import worker_identity
 from dfgan.studies.pool import POOL_ATTR, find_in_pool
 from dfgan.studies.runner import load_or_create_study, plan_study, run_study, study_status
@@ -140,3 +141,33 @@ def test_pool_yields_to_a_live_claimant_of_another_study(env):
     other.tell(t, 0.5)
     match = find_in_pool(storage, "p", "B", "h1", me)
     assert match.status == "done" and match.trial.value == 0.5
+
+
+def test_one_study_one_commit_over_its_pool(tmp_path, capsys):
+    """``dfgan commits --expect``: every cell run of the study's pool (the paper studies share `paper_claims`) must
+    have run the expected commit; a cell of another commit, or of the same one with local changes, fails it."""
+    assert pool_members("claims")[0] == "claims"
+    assert set(pool_members("claims")) == {"claims", "cumulative", "questions", "budget"}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+
+    def cell(study: str, commit: str) -> None:
+        exp = client.get_experiment_by_name(study)
+        exp_id = exp.experiment_id if exp else client.create_experiment(study)
+        client.set_terminated(client.create_run(exp_id, tags={"role": "cell", "git_commit": commit}).info.run_id)
+
+    a, b = "a" * 40, "b" * 40
+    cli = ["commits", "--study", "claims", "--tracking-uri", uri]
+    assert main(cli + ["--expect", a[:7]]) == 0 and "no cell runs of claims" in capsys.readouterr().out
+    cell("claims", a)
+    cell("claims", a)
+    assert main(cli + ["--expect", a[:7]]) == 0
+    assert f"{a}: 2 FINISHED" in capsys.readouterr().out
+    cell("questions", b)  # a study sharing claims' cells, on other code
+    assert main(cli + ["--expect", a[:7]]) == 2
+    out = capsys.readouterr().out
+    assert f"ran {b}, not {a[:7]}" in out and f"--commit {b[:12]}" in out
+    assert main(["commits", "--study", "factorial", "--tracking-uri", uri, "--expect", a]) == 0  # not in the pool
+    cell("claims", a + "-dirty")
+    assert main(["commits", "--study", "claims", "--tracking-uri", uri]) == 0  # no --expect: a listing only
+    assert main(cli + ["--expect", b]) == 2 and f"ran {a}, {a}-dirty, not {b}" in capsys.readouterr().out

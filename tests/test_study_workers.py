@@ -32,6 +32,9 @@ def test_dry_run_names_one_commit_the_stores_and_one_thread_workers(tmp_path):
     restore = lines.index(f"+ env -C {ROOT} {ROOT}/.venv/bin/python -m dfgan restore --study claims --storage "
                           f"sqlite:///{tmp_path}/w/runs/studies.db --tracking-uri sqlite:///{tmp_path}/w/runs/mlflow.db")
     assert restore < lines.index(workers[0])
+    commits = lines.index(f"+ env -C {ROOT} {ROOT}/.venv/bin/python -m dfgan commits --study claims --tracking-uri "
+                          f"sqlite:///{tmp_path}/w/runs/mlflow.db --expect {sha}")  # one study, one commit
+    assert restore < commits < lines.index(workers[0])
 
 
 def test_bad_arguments_say_what_is_wrong(tmp_path):

@@ -165,6 +165,43 @@ def _source_label(path) -> str:
     return f"{path}@{commit}" + (" (modified since)" if modified else "") if commit else str(path)
 
 
+@command("commits", "which code a study's cells ran (the git_commit of every cell run of its cell pool); "
+         "--expect fails on any other")
+def _commits_args(p):
+    p.add_argument("--study", required=True, help="study file name (ablations/studies/NAME.yaml): the cells of "
+                   "every study sharing its cell_pool are read")
+    p.add_argument("--expect", metavar="SHA", help="the commit the next cells will run (a full or abbreviated "
+                   "sha): exit 2, naming the commits found, if a cell run of the pool has another one")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                   "sqlite:///runs/mlflow.db)")
+    return _commits
+
+
+def _commits(args) -> int:
+    import os
+
+    from dfgan.studies.definition import pool_members
+    from dfgan.studies.mlflow_glue import cell_commits
+    from dfgan.tracking import resolve_uri
+
+    studies = pool_members(args.study)
+    uri = resolve_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), "runs")
+    found = cell_commits(uri, studies)
+    where = f"cell runs of {', '.join(studies)} in {uri}"
+    if not found:
+        print(f"no {where}")
+        return 0
+    for commit, by_status in sorted(found.items()):
+        print(f"{commit}: " + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items())))
+    other = sorted(c for c in found if args.expect and (not c.startswith(args.expect) or c.endswith("-dirty")))
+    if other:
+        print(f"dfgan commits: the {where} ran {', '.join(other)}, not {args.expect}: cells of one study on two "
+              f"commits. Run the workers on the study's commit (scripts/study_workers.sh {args.study} --commit "
+              f"{other[0][:12]}), or start a new study (another name, or other stores)")
+        return 2
+    return 0
+
+
 # ---- search -----------------------------------------------------------------------------------------------------
 @command("search", "hyperparameter search (TPE, pruned on the periodic metric); exports the best as a variant")
 def _search_args(p):

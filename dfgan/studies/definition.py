@@ -145,6 +145,15 @@ def study_names() -> list[str]:
     return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
 
 
+def pool_members(name: str) -> list[str]:
+    """The study files that share ``name``'s cells (same ``cell_pool``), ``name`` first; just ``name`` without a
+    pool."""
+    pool = load_study_definition(name).cell_pool
+    if not pool:
+        return [name]
+    return [name] + [n for n in study_names() if n != name and load_study_definition(n).cell_pool == pool]
+
+
 def load_study_definition(name_or_path: str | Path) -> StudyDefinition:
     """Read a study file: a name under ``ablations/studies`` or a path to a YAML file."""
     path = Path(name_or_path)

@@ -110,6 +110,21 @@ def cell_runs(uri: str, study: str, filter_string: str = "", max_results: int = 
     return mlflow.search_runs(experiment_names=[study], filter_string=f, max_results=max_results)
 
 
+def cell_commits(uri: str, studies: list[str]) -> dict[str, dict[str, int]]:
+    """``git_commit`` tag (the code each cell run imported) -> {run status: number of cell runs}, over the
+    MLflow experiments of ``studies`` (a run shared by two studies lives in one experiment: counted once)."""
+    out: dict[str, dict[str, int]] = {}
+    for study in studies:
+        runs = cell_runs(uri, study)
+        if runs.empty:
+            continue
+        commits = runs["tags.git_commit"] if "tags.git_commit" in runs else [None] * len(runs)
+        for commit, status in zip(commits, runs["status"], strict=True):
+            by_status = out.setdefault(str(commit) if isinstance(commit, str) and commit else "unknown", {})
+            by_status[status] = by_status.get(status, 0) + 1
+    return out
+
+
 def cell_metrics(result, uri: str) -> dict[str, float]:
     """A trained cell's metrics: its final evaluation and last losses as training returned them; the MLflow
     run's latest values only when the run had nothing left to train (a resumed, already finished cell)."""
