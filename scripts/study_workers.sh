@@ -12,7 +12,8 @@
 #   scripts/study_workers.sh claims --dry-run       # print what would run
 #       # each start first runs `dfgan restore --study claims` on the stores (when reports/claims/cells.jsonl
 #       # exists): a machine that was not kept gets the finished cells back from it, the rest queued; a kept one
-#       # gets its queue back in plan order, a killed half-trained cell first; then `dfgan commits --expect`
+#       # gets its queue back in plan order, a killed half-trained cell first (and, first of all, the finished
+#       # cells of the studies sharing its cell_pool, from their exports); then `dfgan commits --expect`
 #       # stops it if a cell of the study's pool ran another commit (one study, one commit)
 #   tail -f ~/dfgan-work/logs/claims-worker1.log    # a status line every 30 s, one line per cell
 #   .venv/bin/dfgan report --study claims --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
@@ -75,6 +76,23 @@ if [[ $bench == 1 ]]; then  # pytest-benchmark records the checkout's commit: th
   echo "cost side of '$study' (commit $sha): $out"
   exit 0
 fi
+# the finished cells of the studies sharing this one's cells (same cell_pool) first, without queueing theirs, so
+# that a cell they have is reused, not trained again, on a machine that was not kept
+pool=$(sed -n 's/^cell_pool: *\([A-Za-z0-9_.-]*\).*/\1/p' "$repo/ablations/studies/$study.yaml" 2>/dev/null || true)
+members=()
+if [[ -n $pool ]]; then
+  for f in "$repo"/ablations/studies/*.yaml; do
+    other=$(basename "$f" .yaml)
+    if [[ $other != "$study" && -f $repo/reports/$other/cells.jsonl ]] \
+        && grep -Eq "^cell_pool: *$pool( |$)" "$f"; then
+      members+=("$other")
+    fi
+  done
+fi
+for other in "${members[@]}"; do
+  run env -C "$repo" "$py" -m dfgan restore --study "$other" --no-queue --storage "sqlite:///$work/runs/studies.db" \
+      --tracking-uri "sqlite:///$work/runs/mlflow.db"
+done
 if [[ -f $repo/reports/$study/cells.jsonl ]]; then
   # the study's finished cells back from its committed export when the stores are new (a machine that was not
   # kept), and the queue in plan order (a killed half-trained cell first): nothing is restored twice, and the

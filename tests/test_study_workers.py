@@ -37,6 +37,24 @@ def test_dry_run_names_one_commit_the_stores_and_one_thread_workers(tmp_path):
     assert restore < commits < lines.index(workers[0])
 
 
+def test_a_pool_study_first_restores_the_cells_it_shares(tmp_path):
+    """`cumulative` reuses `claims` cells (cell_pool paper_claims): on a new machine the claims export is restored
+    (without queueing claims' own cells) before its workers start, so those cells are reused, not retrained."""
+    assert (ROOT / "reports" / "claims" / "cells.jsonl").is_file()
+    r = _run("cumulative", "--dry-run", work=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    claims = lines.index(f"+ env -C {ROOT} {ROOT}/.venv/bin/python -m dfgan restore --study claims --no-queue "
+                         f"--storage sqlite:///{tmp_path}/w/runs/studies.db --tracking-uri "
+                         f"sqlite:///{tmp_path}/w/runs/mlflow.db")
+    workers = [i for i, x in enumerate(lines) if "dfgan ablate --study cumulative" in x]
+    commits = [i for i, x in enumerate(lines) if "dfgan commits --study cumulative" in x]
+    assert len(workers) == 2 and len(commits) == 1 and claims < commits[0] < workers[0]
+    assert not [x for x in lines if "restore --study factorial" in x]  # not in the pool
+    r = _run("factorial", "--dry-run", work=tmp_path)  # no pool: no other study restored
+    assert r.returncode == 0 and " restore --study claims" not in r.stdout
+
+
 def test_bad_arguments_say_what_is_wrong(tmp_path):
     r = _run("claims", "--frobnicate", work=tmp_path)
     assert r.returncode == 2 and "unknown argument '--frobnicate'" in r.stderr
