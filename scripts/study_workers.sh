@@ -44,6 +44,18 @@ sha=$(git -C "$repo" rev-parse --verify "$commit^{commit}")
 code=$work/code-${sha:0:12}
 run() { if [[ $dry == 1 ]]; then echo "+ $*"; else "$@"; fi; }
 [[ -x $py || $dry == 1 ]] || { echo "study_workers.sh: $py is missing: build it first (python3.11 -m nox -s tests, or -s ablation)" >&2; exit 1; }
+# the other studies of this one's cell_pool (dfgan.studies.definition.pool_members reads the study files)
+others=()
+if [[ -x $py && $bench == 0 ]]; then  # an unknown study stops the script here, with the study files it could have named
+  line=$(env -C "$repo" "$py" -c 'import sys
+from dfgan.spec import SpecError
+from dfgan.studies.definition import pool_members
+try:
+    print(*pool_members(sys.argv[1])[1:])
+except SpecError as e:
+    sys.exit(f"study_workers.sh: {e}")' "$study")
+  read -ra others <<< "$line"
+fi
 run mkdir -p "$work/runs" "$work/cache" "$work/logs"
 footing=$repo/reports/footing  # the trained networks every cell of the claims pool shares (its README)
 if [[ -f $footing/SHA256SUMS ]]; then
@@ -78,20 +90,11 @@ if [[ $bench == 1 ]]; then  # pytest-benchmark records the checkout's commit: th
 fi
 # the finished cells of the studies sharing this one's cells (same cell_pool) first, without queueing theirs, so
 # that a cell they have is reused, not trained again, on a machine that was not kept
-pool=$(sed -n 's/^cell_pool: *\([A-Za-z0-9_.-]*\).*/\1/p' "$repo/ablations/studies/$study.yaml" 2>/dev/null || true)
-members=()
-if [[ -n $pool ]]; then
-  for f in "$repo"/ablations/studies/*.yaml; do
-    other=$(basename "$f" .yaml)
-    if [[ $other != "$study" && -f $repo/reports/$other/cells.jsonl ]] \
-        && grep -Eq "^cell_pool: *$pool( |$)" "$f"; then
-      members+=("$other")
-    fi
-  done
-fi
-for other in "${members[@]}"; do
-  run env -C "$repo" "$py" -m dfgan restore --study "$other" --no-queue --storage "sqlite:///$work/runs/studies.db" \
-      --tracking-uri "sqlite:///$work/runs/mlflow.db"
+for other in "${others[@]}"; do
+  if [[ -f $repo/reports/$other/cells.jsonl ]]; then
+    run env -C "$repo" "$py" -m dfgan restore --study "$other" --no-queue --storage "sqlite:///$work/runs/studies.db" \
+        --tracking-uri "sqlite:///$work/runs/mlflow.db"
+  fi
 done
 if [[ -f $repo/reports/$study/cells.jsonl ]]; then
   # the study's finished cells back from its committed export when the stores are new (a machine that was not

@@ -61,6 +61,9 @@ def test_bad_arguments_say_what_is_wrong(tmp_path):
     assert _run(work=tmp_path).returncode == 2
     r = _run("claims", "--commit", "no-such-rev", "--dry-run", work=tmp_path)
     assert r.returncode != 0
+    r = _run("no_such_study", "--dry-run", work=tmp_path)
+    assert r.returncode != 0 and "no study file 'no_such_study'" in r.stderr and "claims" in r.stderr
+    assert "dfgan ablate" not in r.stdout
 
 
 def test_benchmarks_mode_measures_the_cost_side_on_the_frozen_checkout_and_starts_no_worker(tmp_path):

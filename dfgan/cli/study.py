@@ -178,14 +178,12 @@ def _commits_args(p):
 
 
 def _commits(args) -> int:
-    import os
-
     from dfgan.studies.definition import pool_members
     from dfgan.studies.mlflow_glue import cell_commits
     from dfgan.tracking import resolve_uri
 
     studies = pool_members(args.study)
-    uri = resolve_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), "runs")
+    uri = resolve_uri(args.tracking_uri, "runs")  # $MLFLOW_TRACKING_URI, else runs/mlflow.db
     found = cell_commits(uri, studies)
     where = f"cell runs of {', '.join(studies)} in {uri}"
     if not found:
