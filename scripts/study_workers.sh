@@ -20,8 +20,9 @@
 #   scripts/study_workers.sh claims --commit 6d73a9f --benchmarks
 #       # no workers: the cost side instead, in the foreground (~10 min on 2 cores; pause the workers first,
 #       # kill -STOP / -CONT): the training-step and sampling benchmarks of every named variant, fp32, on the
-#       # same frozen checkout -> reports/<study>/benchmarks.json, which `dfgan report` reads before the project's
-#       # reports/benchmarks.json
+#       # same frozen checkout -> reports/<study>/benchmarks.json, which `dfgan report` reads for that study and
+#       # for the studies sharing its cell_pool that have none of their own, before the project's
+#       # reports/benchmarks.json (so one run serves claims, cumulative, questions and budget)
 set -euo pipefail
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 [[ $# -ge 1 && $1 != -* ]] || usage 2

@@ -214,8 +214,8 @@ def test_claims_report_files(claims_study):
 
 
 def test_benchmark_record_choice_and_its_commit(tmp_path, monkeypatch):
-    """The study's own record (reports/<study>/benchmarks.json) before the project's; a record of the runs'
-    commit reads as such, a dirty or unrecorded one does not."""
+    """The study's own record (reports/<study>/benchmarks.json) before that of a study sharing its cells, before
+    the project's; a record of the runs' commit reads as such, a dirty or unrecorded one does not."""
     from dfgan.reports.benchmarks import choose_bench_file, origin_note, record_origin
 
     monkeypatch.chdir(tmp_path)
@@ -224,9 +224,14 @@ def test_benchmark_record_choice_and_its_commit(tmp_path, monkeypatch):
     project = tmp_path / "reports" / "benchmarks.json"
     project.write_text(json.dumps({"benchmarks": [], "commit_info": {"id": "a" * 40, "dirty": False}}))
     assert choose_bench_file(None, tmp_path / "reports" / "claims").resolve() == project
+    mates = [tmp_path / "reports" / "cumulative", tmp_path / "reports" / "questions"]
+    mates[1].mkdir()
+    (mates[1] / "benchmarks.json").write_text(project.read_text())
+    assert choose_bench_file(None, tmp_path / "reports" / "claims", mates) == mates[1] / "benchmarks.json"
     own = tmp_path / "reports" / "claims" / "benchmarks.json"
     own.write_text(json.dumps({"benchmarks": [], "commit_info": {"id": "b" * 40, "dirty": False}}))
     assert choose_bench_file(None, tmp_path / "reports" / "claims") == own
+    assert choose_bench_file(None, tmp_path / "reports" / "claims", mates) == own
     assert choose_bench_file("x.json", own.parent) == Path("x.json")  # named: that one, present or not
     assert origin_note(record_origin(own), ["b" * 40]).endswith("the same commit the runs imported.")
     assert "NOT the code the runs imported" in origin_note(record_origin(own), ["b" * 40, "c" * 40])

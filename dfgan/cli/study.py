@@ -249,7 +249,8 @@ def _report_args(p):
     p.add_argument("--overrides-set", help="which set of common overrides to report when the study ran under "
                    "several (default: the most recent); 'all' mixes them (not advised)")
     p.add_argument("--benchmarks", help="throughput records, pytest-benchmark JSON (default: OUT/<study>/"
-                   "benchmarks.json, the benchmarks run on the study's own commit, else reports/benchmarks.json); "
+                   "benchmarks.json, the benchmarks run on the study's own commit, else that of a study sharing its "
+                   "cell_pool, else reports/benchmarks.json); "
                    "the report says which commit measured them and warns when it is not the runs' commit")
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")
     return _report

@@ -8,9 +8,11 @@ Sampling cost depends on the generator only, so a row is matched by its backbone
 ``imsize``, ``nf`` and dtype; ``device``, ``dtype``, ``batch`` are shown with the number.
 
 The file read, unless one is named: ``reports/<study>/benchmarks.json`` (the benchmarks run on the study's own
-commit, kept beside its report), else ``reports/benchmarks.json``. Where the record came from (its commit and
-machine, from pytest-benchmark's ``commit_info`` and ``machine_info``) is said beside every number taken from it,
-with a warning when that commit is not the one the runs imported: throughput then describes other code.
+commit, kept beside its report), else that of a study sharing its cells (same ``cell_pool``, so the same commit:
+the benchmarks measure every named variant, so one record serves the whole pool), else ``reports/benchmarks.json``.
+Where the record came from (its commit and machine, from pytest-benchmark's ``commit_info`` and ``machine_info``)
+is said beside every number taken from it, with a warning when that commit is not the one the runs imported:
+throughput then describes other code.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ SPEED_KEYS = ("images_per_sec", "images_per_s", "img_per_s")
 RECORD_FIELDS = ("variant", "backbone", "fusion", "imsize", "nf", "device", "dtype", "batch", "threads", "speed")
 
 
-def choose_bench_file(path: str | Path | None, study_folder: str | Path | None = None) -> Path | None:
-    """The benchmark record to read: ``path`` when given, else the study's own, else the project's; None if none."""
+def choose_bench_file(path: str | Path | None, study_folder: str | Path | None = None,
+                      pool_folders: list[Path] | tuple = ()) -> Path | None:
+    """The benchmark record to read: ``path`` when given, else the study's own, else the first of the studies
+    sharing its cells (``pool_folders``, their report folders), else the project's; None if none."""
     if path:
         return Path(path)
     own = [Path(study_folder) / "benchmarks.json"] if study_folder else []
-    return next((p for p in own + [Path(f) for f in DEFAULT_FILES] if p.is_file()), None)
+    pool = [Path(f) / "benchmarks.json" for f in pool_folders]
+    return next((p for p in own + pool + [Path(f) for f in DEFAULT_FILES] if p.is_file()), None)
 
 
 def record_origin(path: str | Path | None) -> dict | None:

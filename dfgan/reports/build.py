@@ -31,7 +31,7 @@ from dfgan.reports.tables import (
     to_markdown,
 )
 from dfgan.spec import SpecError
-from dfgan.studies.definition import load_study_definition, study_path
+from dfgan.studies.definition import load_study_definition, pool_members, study_path
 from dfgan.studies.search import split_name
 from dfgan.tracking import git_commit, resolve_uri
 
@@ -109,7 +109,8 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
         ref = None
 
     # throughput, at the study's size
-    records, bench_file = load_records(choose_bench_file(benchmarks, folder))
+    pool = pool_members(definition.name)[1:] if definition is not None and definition.cell_pool else []
+    records, bench_file = load_records(choose_bench_file(benchmarks, folder, [folder.parent / n for n in pool]))
     bench_origin = record_origin(bench_file)
     prov = provenance(data, git_commit(), bench_origin)
     bench_note = origin_note(bench_origin, prov["run_code_commits"])
