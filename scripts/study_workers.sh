@@ -14,7 +14,10 @@
 #       # exists): a machine that was not kept gets the finished cells back from it, the rest queued; a kept one
 #       # gets its queue back in plan order, a killed half-trained cell first (and, first of all, the finished
 #       # cells of the studies sharing its cell_pool, from their exports); then `dfgan commits --expect`
-#       # stops it if a cell of the study's pool ran another commit (one study, one commit)
+#       # stops it if a cell of the study's pool ran another commit (one study, one commit), or if this machine
+#       # would train in another precision than most of the pool's finished cells (train.precision=auto: bf16
+#       # where bf16 is native, fp32 elsewhere; a pair of two precisions is left out of every report)
+#   scripts/study_workers.sh cumulative --commit 6d73a9f --allow-precision-mix   # go on all the same
 #   tail -f ~/dfgan-work/logs/claims-worker1.log    # a status line every 30 s, one line per cell
 #   .venv/bin/dfgan report --study claims --tracking-uri sqlite:///$HOME/dfgan-work/runs/mlflow.db
 #   scripts/study_workers.sh claims --commit 6d73a9f --benchmarks
@@ -27,13 +30,14 @@ set -euo pipefail
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 [[ $# -ge 1 && $1 != -* ]] || usage 2
 study=$1; shift
-commit=HEAD workers=2 dry=0 bench=0
+commit=HEAD workers=2 dry=0 bench=0 mix=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --commit) commit=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;;
     --dry-run) dry=1; shift ;;
     --benchmarks) bench=1; shift ;;
+    --allow-precision-mix) mix=(--allow-precision-mix); shift ;;
     -h|--help) usage 0 ;;
     *) echo "study_workers.sh: unknown argument '$1'" >&2; usage 2 ;;
   esac
@@ -106,7 +110,7 @@ if [[ -f $repo/reports/$study/cells.jsonl ]]; then
 fi
 # one study, one commit: stop if a cell run of the study or of a study sharing its cells ran other code
 run env -C "$repo" "$py" -m dfgan commits --study "$study" --tracking-uri "sqlite:///$work/runs/mlflow.db" \
-    --expect "$sha"
+    --expect "$sha" "${mix[@]}"
 for w in $(seq 1 "$workers"); do
   log=$work/logs/$study-worker$w.log
   cmd=(env -C "$code" PYTHONPATH="$code" DFGAN_CACHE="$work/cache" OMP_NUM_THREADS=1

@@ -171,3 +171,33 @@ def test_one_study_one_commit_over_its_pool(tmp_path, capsys):
     cell("claims", a + "-dirty")
     assert main(["commits", "--study", "claims", "--tracking-uri", uri]) == 0  # no --expect: a listing only
     assert main(cli + ["--expect", b]) == 2 and f"ran {a}, {a}-dirty, not {b}" in capsys.readouterr().out
+
+
+def test_one_study_one_precision_over_its_pool(tmp_path, capsys, monkeypatch):
+    """``dfgan commits --expect`` also stops a machine that would train the next cells in another precision than
+    most finished cells of the pool (train.precision=auto resolves per machine: bf16 where it is native), unless
+    --allow-precision-mix; runs without the tag are not counted."""
+    from dfgan import runtime
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+    exp_id = client.create_experiment("claims")
+    a = "a" * 40
+
+    def cell(precision: str | None) -> None:
+        tags = {"role": "cell", "git_commit": a, **({"speed_precision": precision} if precision else {})}
+        client.set_terminated(client.create_run(exp_id, tags=tags).info.run_id)
+
+    cli = ["commits", "--study", "claims", "--tracking-uri", uri, "--expect", a]
+    monkeypatch.setattr(runtime, "bf16_is_fast", lambda device="cpu": False)  # this machine: fp32
+    cell(None)
+    assert main(cli) == 0 and "finished cells: none" in capsys.readouterr().out
+    cell("bf16"), cell("bf16"), cell("fp32")
+    assert main(cli) == 2
+    out = capsys.readouterr().out
+    assert "this machine trains in fp32 (train.precision=auto); finished cells: 2 bf16, 1 fp32" in out
+    assert "2 of the pool's finished cells trained in bf16" in out and "--allow-precision-mix" in out
+    assert main(cli + ["--allow-precision-mix"]) == 0
+    assert main(cli[:-2]) == 0  # no --expect: a listing only, no precision check
+    monkeypatch.setattr(runtime, "bf16_is_fast", lambda device="cpu": True)  # a machine with native bf16
+    assert main(cli) == 0 and "this machine trains in bf16" in capsys.readouterr().out

@@ -20,6 +20,7 @@ from dfgan.reports.claims import (
     INCONCLUSIVE,
     SUPPORTED,
     ClaimTest,
+    claim_tests,
     common_seeds,
     judge,
     orientation,
@@ -288,3 +289,39 @@ def test_budgets_compare_only_seeds_both_rows_evaluated():
     assert row["step 1500"] == "no seed in common (seed 102 vs seed 101)"
     assert row["step 3000"].startswith("+0.075 [")  # paired over 101 and 102: mean of +0.05 and +0.10
     assert row["same sign at every step"] == "one step compared"  # not a vacuous "yes"
+
+
+def test_a_pair_is_one_seed_on_one_footing():
+    """Two cells of one seed that trained in different precisions (train.precision=auto resolves per machine)
+    are not a pair: the claim's test, the differences table and the budgets leave that seed out and name it;
+    Table 1 says how many cells of each row trained in which precision. Without the tag nothing is left out."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from dfgan.reports.stats import differences
+    from dfgan.reports.tables import table_variants
+
+    rows = []
+    for v, base in (("full", 0.9), ("stacked", 0.8)):
+        for i, seed in enumerate((100, 101, 102, 103)):
+            odd = v == "stacked" and seed == 101  # another precision, far off: it would flip the sign
+            rows.append({"variant": v, "seed": seed, "metrics.attr_acc": 2.0 if odd else base + 0.01 * i,
+                         "tags.speed_precision": "bf16" if odd else "fp32"})
+    cells = pd.DataFrame(rows)
+    definition = load_study_definition("claims")
+    test = next(t for t in claim_tests(SimpleNamespace(cells=cells), definition, "attr_acc") if t.key == "one_stage")
+    assert test.diff.n == 3 and test.diff.paired and test.off_footing == {101: "fp32 vs bf16"}
+    assert test.diff.diff == pytest.approx(0.1) and test.verdict == SUPPORTED
+    notes = " ".join(table_claims([test], "claims").notes)
+    assert "One footing:" in notes and "Left out here: one_stage seed 101 (fp32 vs bf16)." in notes
+    d = differences(cells, "metrics.attr_acc", "full")["stacked"]
+    assert d.n == 3 and d.diff == pytest.approx(-0.1) and d.note == "left out, two precisions: seed 101 (bf16 vs fp32)"
+    hist = cells.rename(columns={"metrics.attr_acc": "value"}).assign(metric="attr_acc", step=6000)
+    assert table_budgets([test], hist).frame.loc[0, "step 6000"].startswith("+0.1 [")
+    t1 = table_variants(cells, ["full", "stacked"], ["attr_acc"], "attr_acc", {}, "").frame.set_index("variant")
+    assert t1.loc["full", "precision"] == "fp32 ×4" and t1.loc["stacked", "precision"] == "fp32 ×3, bf16 ×1"
+
+    untagged = cells.drop(columns="tags.speed_precision")
+    assert differences(untagged, "metrics.attr_acc", "full")["stacked"].n == 4
+    assert claim_tests(SimpleNamespace(cells=untagged), definition, "attr_acc")[0].off_footing == {}

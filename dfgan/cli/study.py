@@ -172,6 +172,9 @@ def _commits_args(p):
                    "every study sharing its cell_pool are read")
     p.add_argument("--expect", metavar="SHA", help="the commit the next cells will run (a full or abbreviated "
                    "sha): exit 2, naming the commits found, if a cell run of the pool has another one")
+    p.add_argument("--allow-precision-mix", action="store_true", help="with --expect: go on although this "
+                   "machine trains in another precision than most finished cells of the pool (train.precision=auto "
+                   "is bf16 where bf16 is native, fp32 elsewhere; reports leave a pair of two precisions out)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                    "sqlite:///runs/mlflow.db)")
     return _commits
@@ -197,7 +200,34 @@ def _commits(args) -> int:
               f"commits. Run the workers on the study's commit (scripts/study_workers.sh {args.study} --commit "
               f"{other[0][:12]}), or start a new study (another name, or other stores)")
         return 2
-    return 0
+    return _check_precision(args, uri, studies) if args.expect else 0
+
+
+def _check_precision(args, uri: str, studies: list[str]) -> int:
+    """One study, one footing: the precision the next cells will train in here (the study's spec, "auto"
+    resolved on this machine) against the one most of the pool's finished cells trained in; exit 2 if they
+    differ, unless --allow-precision-mix."""
+    from dfgan.runtime import pick_device, resolve_precision
+    from dfgan.studies.definition import base_spec, load_study_definition
+    from dfgan.studies.mlflow_glue import cell_tag_counts
+
+    finished = {k: v.get("FINISHED", 0) for k, v in cell_tag_counts(uri, studies, "speed_precision").items()}
+    finished = {k: n for k, n in finished.items() if n and k != "unknown"}
+    definition = load_study_definition(args.study)
+    variant = definition.variants[0] if definition.variants else definition.base  # precision: study-wide
+    train = base_spec(variant, definition.overrides).train
+    here = resolve_precision(train.precision, pick_device(train.device))
+    print(f"precision: this machine trains in {here} (train.precision={train.precision}); finished cells: "
+          + (", ".join(f"{n} {k}" for k, n in sorted(finished.items())) or "none"))
+    if not finished or here in finished and finished[here] == max(finished.values()):
+        return 0
+    most = max(finished, key=finished.get)
+    print(f"dfgan commits: {finished[most]} of the pool's finished cells trained in {most}, this machine would train "
+          f"in {here}: a cell beside one of theirs at the same seed would not be a pair (reports leave such pairs "
+          f"out). Run the workers on a machine that resolves to {most}"
+          + (" (a CPU with AVX512-BF16 or AMX, or a GPU)" if most == "bf16" else "")
+          + ", or pass --allow-precision-mix (scripts/study_workers.sh ... --allow-precision-mix)")
+    return 0 if args.allow_precision_mix else 2
 
 
 # ---- search -----------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ A claim reads "the row with the paper's choice beats the row without it" (DF-GAN
 backbone beats stacked generators, Sec. 3.1; the one-way output beats the two-way one, Sec. 3.2.2; MA-GP helps
 text-image consistency, Sec. 3.2.1; the DFBlock beats cross-modal attention at lower cost, Sec. 3.3). Per claim:
 
-- the difference paper row - arm row per seed (paired: same seeds = same data order and noise), oriented by the
+- the difference paper row - arm row per seed (paired: same seeds = same data order and noise, and one precision:
+  ``dfgan.reports.stats.one_footing``), oriented by the
   metric's direction (``dfgan.metrics.names.higher_is_better``) so that a positive difference is in the
   paper's favour, with its 95% Student-t interval (``dfgan.reports.stats.compare``);
 - the test that matches that interval: the paired t test (Welch where the rows have different seeds),
@@ -35,7 +36,20 @@ from dfgan.reports.benchmarks import fastest_of_variant, round_spread, same_gene
 from dfgan.reports.collect import StudyData, metric_history
 from dfgan.reports.figures import paired_curves
 from dfgan.reports.samples import sample_grids
-from dfgan.reports.stats import ALPHA, CONFIDENCE, POWER, Diff, compare, holm, mde, seed_values, welch_interval
+from dfgan.reports.stats import (
+    ALPHA,
+    CONFIDENCE,
+    FOOTING_NOTE,
+    POWER,
+    Diff,
+    compare,
+    footings,
+    holm,
+    mde,
+    one_footing,
+    seed_values,
+    welch_interval,
+)
 from dfgan.reports.tables import Table, fmt, fmt_count, fmt_diff
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive at this power"
@@ -56,6 +70,7 @@ class ClaimTest:
     mde: float | None = None  # at the strictest Holm level, 80% power
     verdict: str = INCONCLUSIVE
     unpaired: list[str] = field(default_factory=list)  # "row seed N": finished, its pair not yet: not in the test
+    off_footing: dict[int, str] = field(default_factory=dict)  # seed -> "fp32 vs bf16": not a pair, not in the test
 
 
 @dataclass
@@ -132,14 +147,17 @@ def judge(pairs: dict[str, tuple[dict[int, float], dict[int, float], int]], alph
 
 def claim_tests(data: StudyData, definition, primary: str) -> list[ClaimTest]:
     claims = definition.claims
-    pairs, meta = {}, {}
+    pairs, meta, off = {}, {}, {}
+    foot = footings(data.cells)
     for key, c in claims.items():
         metric = c.metric or primary
         paper = c.paper or definition.reference
         vals = seed_values(data.cells, f"metrics.{metric}") if f"metrics.{metric}" in data.cells else {}
         meta[key] = (c.statement, paper, c.arm, metric)
         if paper in vals and c.arm in vals:
-            pairs[key] = (vals[paper], vals[c.arm], orientation(metric))
+            a, b, off[key] = one_footing(vals[paper], vals[c.arm], foot.get(paper), foot.get(c.arm))
+            if a and b:
+                pairs[key] = (a, b, orientation(metric))
     judged = judge(pairs)
     out = []
     for key, (statement, paper, arm, metric) in meta.items():
@@ -147,9 +165,9 @@ def claim_tests(data: StudyData, definition, primary: str) -> list[ClaimTest]:
             d, p, ph, md, v = judged[key]
             alone = common_seeds(pairs[key][0], pairs[key][1])[2]
             out.append(ClaimTest(key, statement, paper, arm, metric, d, p, ph, md, v,
-                                 [f"{paper if who == 'paper' else arm} seed {s}" for who, s in alone]))
+                                 [f"{paper if who == 'paper' else arm} seed {s}" for who, s in alone], off[key]))
         else:
-            out.append(ClaimTest(key, statement, paper, arm, metric, None))
+            out.append(ClaimTest(key, statement, paper, arm, metric, None, off_footing=off.get(key, {})))
     return out
 
 
@@ -195,6 +213,9 @@ def table_claims(tests: list[ClaimTest], study: str) -> Table:
     if unpaired:
         notes.append("Paired over the seeds both rows have: finished cells whose pair has not finished yet are left "
                      f"out of the test until it has ({', '.join(unpaired)}).")
+    off = [f"{t.key} seed {s} ({f})" for t in tests for s, f in t.off_footing.items()]
+    if off:
+        notes.append(FOOTING_NOTE + " Left out here: " + "; ".join(off) + ".")
     if unknown:
         notes.append(f"Direction unknown for {', '.join(unknown)}: taken as higher is better.")
     return Table("claims", "The paper's claims: paired differences and verdicts", pd.DataFrame(rows), notes)
@@ -290,7 +311,8 @@ def table_budgets(tests: list[ClaimTest], hist: pd.DataFrame) -> Table:
         h = hist[hist["metric"] == t.metric]
         for step in steps:
             at = h[h["step"] == step]
-            a, b = (_by_seed(at[at["variant"] == r]) for r in (t.paper, t.arm))
+            a, b = ({s: v for s, v in _by_seed(at[at["variant"] == r]).items() if s not in t.off_footing}
+                    for r in (t.paper, t.arm))
             if not a or not b:
                 row[f"step {step}"] = "–"
                 continue
@@ -305,7 +327,8 @@ def table_budgets(tests: list[ClaimTest], hist: pd.DataFrame) -> Table:
         rows.append(row)
     notes = ["Δ in the paper's favour (as in the claims table) at each evaluation step of the runs (the periodic "
              "evaluations and the final one), with its 95% t interval over the seeds both rows evaluated at that "
-             "step (none in common: no Δ); no multiplicity adjustment: this table shows whether the ranking holds "
+             "step (none in common: no Δ; a seed whose two cells trained in different precisions is left out, as in "
+             "the claims table); no multiplicity adjustment: this table shows whether the ranking holds "
              "across budgets, the verdicts are in the claims table."]
     return Table("claims_budgets", "Does the ranking hold across budgets?", pd.DataFrame(rows), notes)
 

@@ -254,30 +254,69 @@ def seed_values(cells: pd.DataFrame, column: str, by: str = "variant") -> dict[s
             for name, g in cells.dropna(subset=[column]).groupby(by, sort=False)}
 
 
+# What two cells of one seed must also share to be a pair: the precision training ran in. ``train.precision=auto``
+# (in the spec hash as "auto") resolves per machine: bf16 autocast where the CPU or GPU has native bf16 matmuls,
+# fp32 elsewhere (dfgan.runtime.resolve_precision); runs tag what it resolved to.
+FOOTING = "tags.speed_precision"
+
+
+def footings(cells: pd.DataFrame, by: str = "variant") -> dict[str, dict[int, str]]:
+    """Row -> {seed: footing} (the resolved precision); empty where the runs do not say."""
+    if FOOTING not in cells:
+        return {}
+    return {name: dict(zip(g["seed"].astype(int), g[FOOTING].astype(str), strict=True))
+            for name, g in cells.dropna(subset=[FOOTING]).groupby(by, sort=False)}
+
+
+def one_footing(a: dict[int, float], b: dict[int, float], foot_a: dict[int, str] | None,
+                foot_b: dict[int, str] | None) -> tuple[dict[int, float], dict[int, float], dict[int, str]]:
+    """``a`` and ``b`` without the seeds both ran on different footings (a pair of an fp32 cell and a bf16 one
+    differs by more than the component compared), and those seeds -> "fp32 vs bf16", to be named."""
+    foot_a, foot_b = foot_a or {}, foot_b or {}
+    off = {s: f"{foot_a[s]} vs {foot_b[s]}" for s in sorted(set(a) & set(b))
+           if s in foot_a and s in foot_b and foot_a[s] != foot_b[s]}
+    if not off:
+        return a, b, off
+    return {s: v for s, v in a.items() if s not in off}, {s: v for s, v in b.items() if s not in off}, off
+
+
+FOOTING_NOTE = ("One footing: a pair is two cells of one seed that also trained in one precision (tag "
+                "speed_precision: train.precision=auto is bf16 autocast on a CPU or GPU with native bf16, fp32 "
+                "elsewhere, and the spec hash records only \"auto\"); a seed whose two cells ran in different "
+                "precisions is left out of that comparison and named beside it.")
+
+
+def off_footing_note(off: dict[int, str]) -> str:
+    return "left out, two precisions: " + ", ".join(f"seed {s} ({f})" for s, f in off.items()) if off else ""
+
+
+def _compare_on_footing(name: str, other: str, vals: dict, foot: dict, interval: str, n_boot: int) -> Diff:
+    a, b, off = one_footing(vals[name], vals[other], foot.get(name), foot.get(other))
+    d = compare(a, b, interval=interval, n_boot=n_boot) if a and b else Diff(math.nan, None, None, 0, True)
+    d.rows = (name, other)
+    d.note = "; ".join(filter(None, [d.note, off_footing_note(off)]))
+    return d
+
+
 def differences(cells: pd.DataFrame, column: str, reference: str, by: str = "variant", n_boot: int = 10000,
                 interval: str = "t") -> dict[str, Diff]:
-    """Each row's difference to the reference row (no Holm adjustment: that is per table)."""
-    vals = seed_values(cells, column, by)
+    """Each row's difference to the reference row (no Holm adjustment: that is per table), over the seeds on
+    one footing (``one_footing``)."""
+    vals, foot = seed_values(cells, column, by), footings(cells, by)
     if reference not in vals:
         return {}
-    out = {name: compare(v, vals[reference], interval=interval, n_boot=n_boot)
-           for name, v in vals.items() if name != reference}
-    for name, d in out.items():
-        d.rows = (name, reference)
-    return out
+    return {name: _compare_on_footing(name, reference, vals, foot, interval, n_boot)
+            for name in vals if name != reference}
 
 
 def steps(cells: pd.DataFrame, column: str, order: list[str], by: str = "variant", n_boot: int = 10000,
           interval: str = "t") -> dict[str, Diff]:
     """Each row's difference to the row before it in ``order`` (the cumulative table's step: the component
     just added); rows without values are skipped over."""
-    vals = seed_values(cells, column, by)
+    vals, foot = seed_values(cells, column, by), footings(cells, by)
     present = [o for o in order if o in vals]
-    out = {}
-    for prev, cur in zip(present, present[1:], strict=False):
-        out[cur] = compare(vals[cur], vals[prev], interval=interval, n_boot=n_boot)
-        out[cur].rows = (cur, prev)
-    return out
+    return {cur: _compare_on_footing(cur, prev, vals, foot, interval, n_boot)
+            for prev, cur in zip(present, present[1:], strict=False)}
 
 
 # ---- factorial -----------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from dfgan.reports.stats import (
     BOOT_MIN_N,
     CONFIDENCE,
     EXACT_MAX_N,
+    FOOTING,
+    FOOTING_NOTE,
     POWER,
     Diff,
     Effects,
@@ -58,6 +60,8 @@ def fmt_diff(d: Diff | None, *, missing: str = "(reference)", no_interval: str |
     difference; ``no_interval`` when it has no interval (None: the difference's own note says why)."""
     if d is None:
         return missing
+    if not math.isfinite(d.diff):  # no seed left to compare (e.g. every pair on two footings)
+        return f"– ({d.note or 'no pair'})"
     if d.lo is None:
         return f"{d.diff:+.3g} ({no_interval or d.note or 'no interval'})"
     return f"{d.diff:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}]{' ' + SIG_MARK if mark and d.significant else ''}"
@@ -124,6 +128,8 @@ def table_variants(cells: pd.DataFrame, order: list[str], metrics: list[str], me
     for v in order:
         sub = cells[cells["variant"] == v]
         row = {"variant": v, "seeds": len(sub)}
+        if FOOTING in cells:  # the precision each seed trained in (train.precision=auto resolves per machine)
+            row["precision"] = ", ".join(f"{k} ×{n}" for k, n in sub[FOOTING].dropna().value_counts().items())
         for m in metrics:
             s = summarise(sub, f"metrics.{m}", order=[v])
             row[f"{m}{arrow(m)}"] = fmt_mean_std(s["mean"].iloc[0], s["std"].iloc[0], int(s["n"].iloc[0])) \
@@ -151,6 +157,10 @@ def table_variants(cells: pd.DataFrame, order: list[str], metrics: list[str], me
              "optimisers update; NoP (+ text encoder) adds the frozen text encoder, the rule inferred for the "
              "README's 19M (dfgan.metrics.nop states both rules).",
              throughput_note]
+    if FOOTING in cells and cells[FOOTING].nunique() > 1:
+        notes.append("precision: the row's cells by the precision they trained in (train.precision=auto: bf16 "
+                     "autocast where the CPU or GPU has native bf16, fp32 elsewhere); its mean ± std mixes them, "
+                     "a comparison of two rows pairs only the cells of one seed and one precision.")
     if any_pub:
         notes.append(pub.CAVEAT)
     return Table(key, title, pd.DataFrame(rows), notes)
@@ -215,6 +225,8 @@ def _difference_notes(family: list[Diff], n_tests: int, metrics: list[str], refe
     if interval == "bootstrap" and any("refused" in d.note for d in family):
         notes.append(f"A bootstrap was asked for; it is given only with >= {BOOT_MIN_N} paired seeds (fewer: its "
                      "percentile interval covers far less than 95%), so these comparisons use the t interval.")
+    if any("two precisions" in d.note for d in family):
+        notes.append(FOOTING_NOTE)
     for m in metrics:
         h = higher_is_better(m)
         if h is not None:
