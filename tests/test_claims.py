@@ -325,3 +325,23 @@ def test_a_pair_is_one_seed_on_one_footing():
     untagged = cells.drop(columns="tags.speed_precision")
     assert differences(untagged, "metrics.attr_acc", "full")["stacked"].n == 4
     assert claim_tests(SimpleNamespace(cells=untagged), definition, "attr_acc")[0].off_footing == {}
+
+
+def test_table1_sampling_prefers_the_runs_dtype_never_another_size():
+    """Table 1's sampling column: the same generator at the study's size, in the runs' dtype where a record has
+    it (even if slower), else in another (each number names its dtype); a record of another size never."""
+    from dfgan.reports.benchmarks import throughput_for_rows
+
+    def rec(dtype, speed, imsize=32, fusion="dfblock"):
+        return {"backbone": "one_stage", "fusion": fusion, "imsize": imsize, "nf": 32, "dtype": dtype,
+                "images_per_sec": speed}
+
+    rows = {"full": {"backbone": "one_stage", "fusion": "dfblock"},
+            "cross_attention": {"backbone": "one_stage", "fusion": "cross_attention"}}
+    records = [rec("float32", 400.0), rec("bfloat16", 300.0), rec("float32", 900.0, imsize=64),
+               rec("float32", 140.0, fusion="cross_attention")]
+    got = throughput_for_rows(records, rows, 32, 32, "bfloat16")
+    assert got["full"]["images_per_sec"] == 300.0  # the runs' dtype, though float32 is faster
+    assert got["cross_attention"]["dtype"] == "float32"  # no bfloat16 record: the float32 one, named
+    assert throughput_for_rows(records, rows, 32, 32, "float32")["full"]["images_per_sec"] == 400.0
+    assert throughput_for_rows(records, rows, 128, 32, "float32") == {}  # never another size

@@ -137,15 +137,15 @@ def _matches(record: dict, key: str, want) -> bool:
 def throughput_for_rows(records: list[dict], rows: dict[str, dict], imsize: int | None, nf: int | None,
                         dtype: str = "float32") -> dict[str, dict]:
     """Per report row, the fastest sampling record of the same generator (backbone and fusion, or the same
-    variant name when a record has no backbone) at the study's imsize, nf and dtype; never another size."""
+    variant name when a record has no backbone) at the study's imsize and nf, never another size; in ``dtype``
+    where there is such a record, else in any (the record says which)."""
     out: dict[str, dict] = {}
     for row, gen in rows.items():
-        for r in records:
-            same_gen = (_matches(r, "backbone", gen.get("backbone")) and _matches(r, "fusion", gen.get("fusion"))
-                        if r.get("backbone") else r.get("variant") == row)
-            if not (same_gen and _matches(r, "imsize", imsize) and _matches(r, "nf", nf)
-                    and _matches(r, "dtype", dtype)):
-                continue
-            if row not in out or r["images_per_sec"] > out[row]["images_per_sec"]:
-                out[row] = r
+        same = [r for r in records
+                if (_matches(r, "backbone", gen.get("backbone")) and _matches(r, "fusion", gen.get("fusion"))
+                    if r.get("backbone") else r.get("variant") == row)
+                and _matches(r, "imsize", imsize) and _matches(r, "nf", nf)]
+        same = [r for r in same if _matches(r, "dtype", dtype)] or same
+        if same:
+            out[row] = max(same, key=lambda r: r["images_per_sec"])
     return out

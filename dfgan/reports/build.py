@@ -131,10 +131,11 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
                       "reports/benchmarks.json; `nox -s benchmark` writes it).")
     elif not speed:
         speed_note = (f"Sampling throughput: omitted, {bench_file} has no sampling record at {imsize_v} px, "
-                      f"nf={nf_v}, {dtype} for these generators.")
+                      f"nf={nf_v} for these generators.")
     else:
         speed_note = (f"Sampling throughput from {bench_file}: generator forward passes of the same backbone and "
-                      f"fusion at {imsize_v} px, nf={nf_v}, {dtype} (the fastest record; device, dtype and batch "
+                      f"fusion at {imsize_v} px, nf={nf_v}, in {dtype} (the runs' precision) where a record has it, "
+                      "else another (the fastest record; device, dtype and batch "
                       "beside each number; other fusion settings, e.g. attention resolutions, may differ); measured "
                       "by the benchmarks, not in these runs. " + bench_note)
 
