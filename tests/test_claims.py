@@ -345,3 +345,40 @@ def test_table1_sampling_prefers_the_runs_dtype_never_another_size():
     assert got["cross_attention"]["dtype"] == "float32"  # no bfloat16 record: the float32 one, named
     assert throughput_for_rows(records, rows, 32, 32, "float32")["full"]["images_per_sec"] == 400.0
     assert throughput_for_rows(records, rows, 128, 32, "float32") == {}  # never another size
+
+
+def test_superseded_cells_beside_their_reruns(tmp_path):
+    """A study folder's <name>/cells.jsonl (cells it trained again, e.g. on another footing) is read back beside
+    the cells that replaced them: per pair both values, then the paired mean difference over the pairs; a cell not
+    trained again yet is named as such."""
+    import pandas as pd
+
+    from dfgan.reports.reruns import earlier_exports, table_reruns
+    from dfgan.studies.restore import ExportedCell
+
+    old = [ExportedCell("full", 100, "h1", "r1", tags={"speed_precision": "fp32"}, metrics={"attr_acc": 0.90}),
+           ExportedCell("stacked", 100, "h2", "r2", tags={"speed_precision": "fp32"}, metrics={"attr_acc": 0.95}),
+           ExportedCell("full", 101, "h3", "r3", tags={"speed_precision": "fp32"}, metrics={"attr_acc": 0.88})]
+    (tmp_path / "fp32_footing").mkdir()
+    export = tmp_path / "fp32_footing" / "cells.jsonl"
+    export.write_text("".join(c.to_json() + "\n" for c in old))
+    (tmp_path / "figures").mkdir()
+    assert earlier_exports(tmp_path) == [export]
+    cells = pd.DataFrame([{"variant": "full", "seed": 100, "metrics.attr_acc": 0.93, "tags.speed_precision": "bf16"},
+                          {"variant": "stacked", "seed": 100, "metrics.attr_acc": 0.96,
+                           "tags.speed_precision": "bf16"},
+                          {"variant": "stacked", "seed": 102, "metrics.attr_acc": 0.5}])
+    t = table_reruns(export, cells, ["attr_acc"])
+    assert t.key == "reruns_fp32_footing"
+    f = t.frame.set_index(["variant", "seed"])
+    col = "attr_acc ↑ earlier → rerun"
+    assert f.loc[("full", 100), col] == "0.9 → 0.93" and f.loc[("full", 100), "footing (earlier → rerun)"] == \
+        "fp32 → bf16"
+    assert f.loc[("full", 101), "footing (earlier → rerun)"] == "fp32 → not trained again yet"
+    assert f.loc[("full", 101), col] == "0.88 → –"
+    summary = f.loc[("2 pair(s)", "")]
+    d = np.array([0.93 - 0.90, 0.96 - 0.95])
+    half = stats.t.ppf(0.975, 1) * d.std(ddof=1) / math.sqrt(2)
+    assert summary[col].startswith(f"Δ {d.mean():+.3g} [{d.mean() - half:+.3g}, {d.mean() + half:+.3g}]; n 2, ")
+    export.write_text("")
+    assert table_reruns(export, cells, ["attr_acc"]) is None

@@ -15,6 +15,7 @@ from dfgan.reports.claims import claims_report
 from dfgan.reports.collect import NoRunsError, StudyData, collect, metric_history
 from dfgan.reports.export import write_cells
 from dfgan.reports.provenance import provenance, provenance_markdown
+from dfgan.reports.reruns import earlier_exports, table_reruns
 from dfgan.reports.stats import factorial_effects, summarise
 from dfgan.reports.tables import (
     MEMORISATION_FLAG,
@@ -182,6 +183,8 @@ def build_report(study: str, *, tracking_uri: str | None = None, out_dir: str | 
         if definition is not None and definition.claims:  # the study file's claims: verdicts, cost, budgets
             part = claims_report(data, definition, primary, folder, bench_file, dtype, bench_note)
             tables, rep.files, rep.notes = tables + part.tables, rep.files + part.files, rep.notes + part.notes
+        for export in earlier_exports(folder):  # superseded cells kept beside the report: next to their reruns
+            tables += filter(None, [table_reruns(export, data.cells, table1_metrics)])
         tables.append(table_published())
     for t in tables:
         rep.tables[t.key] = t
