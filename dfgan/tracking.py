@@ -178,17 +178,22 @@ class Tracker:
 
         setup(self.uri, self.experiment, self.out_dir)
         client = MlflowClient(self.uri)
+        exp = client.get_experiment_by_name(self.experiment)
         if run_id:
             try:
-                client.get_run(run_id)
-                client.update_run(run_id, status="RUNNING")
-                return run_id, True
+                old = client.get_run(run_id).info
             except MlflowException as e:
                 if getattr(e, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
                     raise
-                print(f"dfgan: warning: MLflow run {run_id} is not at {self.uri} any more; logging to a new run",
-                      file=sys.stderr)
-        exp = client.get_experiment_by_name(self.experiment)
+                old, why = None, f"is not at {self.uri} any more"
+            else:  # a run folder opened by another study's worker (a shared cell), or a run deleted since
+                why = (f"belongs to another experiment (id {old.experiment_id}, not '{self.experiment}')"
+                       if old.experiment_id != exp.experiment_id else
+                       "was deleted" if old.lifecycle_stage != "active" else "")
+            if not why:
+                client.update_run(run_id, status="RUNNING")
+                return run_id, True
+            print(f"dfgan: warning: MLflow run {run_id} {why}; logging to a new run", file=sys.stderr)
         extra = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
         run = client.create_run(exp.experiment_id, run_name=spec.name, tags=resolve_tags(extra))
         return run.info.run_id, False

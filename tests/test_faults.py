@@ -125,6 +125,30 @@ def test_stale_running_run_is_marked_killed(tmp_path):
     assert not list(folder.glob(runs.TEMP_GLOB))  # the orphan temporary is gone
 
 
+@pytest.mark.parametrize("where", ["other_experiment", "deleted"])
+def test_resume_never_logs_into_another_experiments_or_a_deleted_run(tmp_path, where):
+    """A run folder whose record names a run of another experiment (its cell began under another study of the
+    cell pool, whose worker was stopped) or a deleted run: resuming it logs to a new run in this experiment, and
+    the other study's run, left RUNNING by its stopped worker, is marked KILLED."""
+    spec = _spec(tmp_path)
+    setup(_uri(tmp_path), spec.tracking.experiment, spec.train.out_dir)
+    client = mlflow.tracking.MlflowClient(_uri(tmp_path))
+    exp_id = client.create_experiment("another_study") if where == "other_experiment" else \
+        client.get_experiment_by_name(spec.tracking.experiment).experiment_id
+    earlier = client.create_run(exp_id).info.run_id
+    if where == "deleted":
+        client.delete_run(earlier)
+    folder = run_folder(spec)
+    folder.mkdir(parents=True)
+    runs.write_json(folder / runs.RUN_RECORD, {"run_id": earlier, "uri": _uri(tmp_path), "experiment": "x"})
+    res = train(spec, resume=True, progress=False, tracker=Tracker.for_spec(spec, uri=_uri(tmp_path)))
+    new = client.get_run(res.run_id)
+    assert res.run_id != earlier and new.info.status == "FINISHED"
+    assert new.info.experiment_id == client.get_experiment_by_name(spec.tracking.experiment).experiment_id
+    if where == "other_experiment":
+        assert client.get_run(earlier).info.status == "KILLED"
+
+
 def test_run_folder_is_locked(tmp_path):
     spec = _spec(tmp_path)
     with runs.run_lock(run_folder(spec)):
