@@ -380,5 +380,6 @@ def test_superseded_cells_beside_their_reruns(tmp_path):
     d = np.array([0.93 - 0.90, 0.96 - 0.95])
     half = stats.t.ppf(0.975, 1) * d.std(ddof=1) / math.sqrt(2)
     assert summary[col].startswith(f"Δ {d.mean():+.3g} [{d.mean() - half:+.3g}, {d.mean() + half:+.3g}]; n 2, ")
+    assert "p 0.5 (Holm 0.5)" in summary[col]  # Holm over the table's metrics: one here, so p itself
     export.write_text("")
     assert table_reruns(export, cells, ["attr_acc"]) is None

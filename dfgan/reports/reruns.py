@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from dfgan.metrics.names import arrow
-from dfgan.reports.stats import FOOTING, compare
+from dfgan.reports.stats import FOOTING, compare, holm_adjust
 from dfgan.reports.tables import Table, fmt, fmt_diff, fmt_test
 from dfgan.studies.restore import CELLS_FILE, read_export
 
@@ -52,16 +52,18 @@ def table_reruns(export: Path, cells: pd.DataFrame, metrics: list[str]) -> Table
         rows.append(row)
     if n_pairs:
         summary = {"variant": f"{n_pairs} pair(s)", "seed": "", "footing (earlier → rerun)": ""}
+        diffs = {m: compare(*pairs[m]) for m in metrics if pairs[m][0]}
+        holm_adjust(list(diffs.values()))  # one family: the metrics of this table
         for m in metrics:
-            rerun, old = pairs[m]
-            d = compare(rerun, old) if rerun else None
+            d = diffs.get(m)
             summary[f"{m}{arrow(m)} earlier → rerun"] = "–" if d is None else f"Δ {fmt_diff(d)}; {fmt_test(d)}"
         rows.append(summary)
     name = export.parent.name
     notes = [f"The cells of {name}/{CELLS_FILE} (superseded: the study trained them again under the same spec "
              "hash, commit, data order and noise) "
              "beside their reruns. Δ = rerun - earlier over the pairs: paired 95% Student-t interval, exact "
-             "sign-flip p, MDE at 80% power; a pair differs by what changed (the footing column) and by the "
+             "sign-flip p (Holm over the table's metrics), MDE at 80% power; a pair differs by what changed (the "
+             "footing column) and by the "
              "divergence any change of numerics causes in GAN training, so one pair says little, their mean more. "
              "Pairs of different rows are pooled: a change that depends on the row is averaged over."]
     return Table(f"reruns_{name}", f"Superseded cells beside their reruns ({name})", pd.DataFrame(rows), notes)
