@@ -300,7 +300,7 @@ def test_a_pair_is_one_seed_on_one_footing():
     import pandas as pd
 
     from dfgan.reports.stats import differences
-    from dfgan.reports.tables import table_variants
+    from dfgan.reports.tables import table_differences, table_variants
 
     rows = []
     for v, base in (("full", 0.9), ("stacked", 0.8)):
@@ -317,6 +317,11 @@ def test_a_pair_is_one_seed_on_one_footing():
     assert "One footing:" in notes and "Left out here: one_stage seed 101 (fp32 vs bf16)." in notes
     d = differences(cells, "metrics.attr_acc", "full")["stacked"]
     assert d.n == 3 and d.diff == pytest.approx(-0.1) and d.note == "left out, two precisions: seed 101 (bf16 vs fp32)"
+    assert d.off_footing == {101: "bf16 vs fp32"}
+    diffs = table_differences(cells, ["full", "stacked"], ["attr_acc"], "full", "", key="d", title="d", n_boot=0)
+    assert any(n.startswith("One footing:") for n in diffs.notes)
+    assert not any(n.startswith("One footing:") for n in table_differences(
+        cells[cells.seed != 101], ["full", "stacked"], ["attr_acc"], "full", "", key="d", title="d", n_boot=0).notes)
     hist = cells.rename(columns={"metrics.attr_acc": "value"}).assign(metric="attr_acc", step=6000)
     assert table_budgets([test], hist).frame.loc[0, "step 6000"].startswith("+0.1 [")
     t1 = table_variants(cells, ["full", "stacked"], ["attr_acc"], "attr_acc", {}, "").frame.set_index("variant")

@@ -18,7 +18,7 @@ import functools
 import itertools
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,7 @@ class Diff:
     note: str = ""  # e.g. why the bootstrap was refused
     p_holm: float | None = None  # set by ``holm_adjust`` across one table's comparisons
     rows: tuple[str, str] | None = None  # (row, other row) where built from a table's cells
+    off_footing: dict[int, str] = field(default_factory=dict)  # seeds left out: two precisions (``one_footing``)
 
     @property
     def excludes_zero(self) -> bool:
@@ -293,7 +294,7 @@ def off_footing_note(off: dict[int, str]) -> str:
 def _compare_on_footing(name: str, other: str, vals: dict, foot: dict, interval: str, n_boot: int) -> Diff:
     a, b, off = one_footing(vals[name], vals[other], foot.get(name), foot.get(other))
     d = compare(a, b, interval=interval, n_boot=n_boot) if a and b else Diff(math.nan, None, None, 0, True)
-    d.rows = (name, other)
+    d.rows, d.off_footing = (name, other), off
     d.note = "; ".join(filter(None, [d.note, off_footing_note(off)]))
     return d
 

@@ -225,7 +225,7 @@ def _difference_notes(family: list[Diff], n_tests: int, metrics: list[str], refe
     if interval == "bootstrap" and any("refused" in d.note for d in family):
         notes.append(f"A bootstrap was asked for; it is given only with >= {BOOT_MIN_N} paired seeds (fewer: its "
                      "percentile interval covers far less than 95%), so these comparisons use the t interval.")
-    if any("two precisions" in d.note for d in family):
+    if any(d.off_footing for d in family):
         notes.append(FOOTING_NOTE)
     for m in metrics:
         h = higher_is_better(m)
